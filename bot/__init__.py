@@ -1,0 +1,1 @@
+"""mimochat's domain: settings, messages, conversations, formatting, channels and engines."""

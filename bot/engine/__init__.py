@@ -1,0 +1,40 @@
+"""Generation engines behind one interface; `get_engine()` builds the configured one per process."""
+
+from __future__ import annotations
+
+import threading
+
+from bot.engine.base import Engine, Generation, GenerationRequest, StreamEvent
+from bot.settings import Settings
+
+__all__ = ["Engine", "Generation", "GenerationRequest", "StreamEvent", "get_engine", "reset_engine"]
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The one place that names the implementation for a backend."""
+    if settings.backend == "transformers":
+        from bot.engine.transformers_engine import TransformersEngine
+
+        return TransformersEngine(settings)
+    raise ValueError(f"MIMOCHAT_BACKEND={settings.backend!r} is not one of: transformers")
+
+
+def get_engine(settings: Settings) -> Engine:
+    """The process-wide engine, built on first use (the worker calls this before taking work)."""
+    global _engine
+    with _lock:
+        if _engine is None:
+            _engine = build_engine(settings)
+        return _engine
+
+
+def reset_engine() -> None:
+    """Drop the process-wide engine (tests, shutdown)."""
+    global _engine
+    with _lock:
+        if _engine is not None:
+            _engine.close()
+        _engine = None
