@@ -28,14 +28,20 @@ class GenerationRequest:
 
 @dataclass
 class Generation:
-    """The outcome of one request: the answer the user sees and the reasoning kept for operators."""
+    """The outcome of one request: the answer the user sees and the reasoning kept for operators.
+
+    Token counts are generated tokens: `reasoning_tokens` includes `</think>`; neither count
+    includes end-of-sequence tokens or a forced `</think>` inserted by budget forcing.
+    """
 
     answer: str
     reasoning: str
     prompt_tokens: int
     reasoning_tokens: int
     answer_tokens: int
-    finish_reason: str  # stop | length | budget (reasoning was cut and the answer forced)
+    # stop | length | budget (reasoning cut, never closed or disabled: answer forced)
+    # | empty (nothing usable came out: the answer is a fallback text)
+    finish_reason: str
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -75,5 +81,5 @@ class Engine(abc.ABC):
         """What the operator wants to know: model, device, dtype, memory."""
         return {"engine": self.name}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op for engines holding nothing
         """Free the model and its memory."""
