@@ -84,7 +84,9 @@ class Settings:
     backend: str = _setting("MIMOCHAT_BACKEND", "transformers", "transformers | openai.")
     device: str = _setting("MIMOCHAT_DEVICE", "auto", "auto (cuda if present) | cpu | cuda:N.")
     dtype: str = _setting(
-        "MIMOCHAT_DTYPE", "auto", "auto (bf16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32."
+        "MIMOCHAT_DTYPE",
+        "auto",
+        "auto (bf16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32.",
     )
     temperature: float = _setting("MIMOCHAT_TEMPERATURE", 0.6, "Sampling temperature.")
     top_p: float = _setting("MIMOCHAT_TOP_P", 0.95, "Nucleus sampling top_p.")
@@ -93,6 +95,19 @@ class Settings:
     )
     max_new_tokens: int = _setting(
         "MIMOCHAT_MAX_NEW_TOKENS", 1024, "Most tokens of answer after the reasoning."
+    )
+    openai_base_url: str = _setting(
+        "MIMOCHAT_OPENAI_BASE_URL",
+        "http://127.0.0.1:8001/v1",
+        "OpenAI-compatible server (vLLM, SGLang) when MIMOCHAT_BACKEND=openai.",
+    )
+    openai_model: str = _setting(
+        "MIMOCHAT_OPENAI_MODEL",
+        "XiaomiMiMo/MiMo-7B-RL",
+        "Model name the OpenAI-compatible server serves.",
+    )
+    openai_api_key: str = _setting(
+        "MIMOCHAT_OPENAI_API_KEY", "", "API key of the OpenAI-compatible server, if it needs one."
     )
     gpu_concurrency: int = _setting(
         "MIMOCHAT_GPU_CONCURRENCY", 8, "Generation tasks one GPU worker runs at a time."
@@ -111,7 +126,7 @@ class Settings:
         """Build settings from `environ` (default os.environ) over `.env` in the cwd."""
         values: dict[str, str] = {}
         if dotenv:
-            values.update(_read_dotenv(Path.cwd() / ".env"))
+            values.update(read_dotenv(Path.cwd() / ".env"))
         values.update(os.environ if environ is None else environ)
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
@@ -130,7 +145,9 @@ class Settings:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.metadata["env"]] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+            out[f.metadata["env"]] = (
+                ("1" if value else "0") if isinstance(value, bool) else str(value)
+            )
         return out
 
     def redacted(self) -> dict[str, str]:
@@ -177,7 +194,8 @@ def _coerce(f: dataclasses.Field, raw: str) -> Any:
     return raw
 
 
-def _read_dotenv(path: Path) -> dict[str, str]:
+def read_dotenv(path: Path) -> dict[str, str]:
+    """The variables of a `.env` file ({} if there is none)."""
     if not path.is_file():
         return {}
     from dotenv import dotenv_values

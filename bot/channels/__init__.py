@@ -1,0 +1,1 @@
+"""Protocol code of each channel: signing, AES, parsing and rendering; no web or queue imports."""

@@ -1,0 +1,237 @@
+"""The `mimochat` command: up, demo, web, worker, send, doctor, download."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bot.settings import Settings, read_dotenv
+
+DEMO_PORT = 8000
+DEMO_ACCOUNT = "gh_mimochat_demo"
+# Fixed demo credentials: the demo runs in safe (AES) mode so every message is really encrypted.
+DEMO_ENV = {
+    "WECHAT_TOKEN": "mimochatdemo",
+    "WECHAT_APP_ID": "wx0123456789abcdef",
+    "WECHAT_APP_SECRET": "demo-secret-0123456789abcdef0123",
+    "WECHAT_AES_KEY": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+    "WECHAT_REPLY_MODE": "customer_service",
+    "MIMOCHAT_MODEL": "tiny",
+    "MIMOCHAT_SANDBOX": "1",
+    "MIMOCHAT_THINKING_BUDGET": "48",
+    "MIMOCHAT_MAX_NEW_TOKENS": "48",
+    "MIMOCHAT_GPU_CONCURRENCY": "4",
+}
+
+log = logging.getLogger("mimochat")
+
+
+def demo_environ(port: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The demo's settings: built-in defaults, then `.env`, then the environment (which wins)."""
+    env = dict(DEMO_ENV, WECHAT_API_BASE=f"http://127.0.0.1:{port}/sandbox/wechat/")
+    env.update(read_dotenv(Path.cwd() / ".env"))
+    env.update(os.environ if environ is None else environ)
+    return env
+
+
+def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
+    from bot.logs import setup_logging
+    from bot.store import start_embedded
+    from bot.supervisor import Supervisor, web_argv, worker_argv
+
+    settings = Settings.from_env(env, dotenv=False)
+    setup_logging(settings)
+    if not settings.redis_url:
+        env["REDIS_URL"] = start_embedded(settings.data_path)
+        log.info("embedded Redis at %s", env["REDIS_URL"])
+        settings = settings.replace(redis_url=env["REDIS_URL"])
+    print(f"\n{title} — webhook: http://{host}:{port}/wechat")
+    for name, value in sorted(settings.redacted().items()):
+        print(f"  {name}={value}")
+    if settings.sandbox:
+        print(f"  sandbox outbox: http://{host}:{port}/sandbox/wechat/outbox?touser=USER")
+        print('  try: mimochat send "What is 2+2?"\n')
+    sup = Supervisor(env=env)
+    sup.add("worker", worker_argv("gpu,io", settings.gpu_concurrency, "mimochat"), restart=True)
+    sup.add("web", web_argv(host, port), restart=False)
+    return sup.run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything on this machine with the tiny model and the sandbox WeChat API."""
+    env = demo_environ(args.port)
+    return _run_all(env, args.host, args.port, "mimochat demo")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Everything on this machine with the real settings."""
+    return _run_all(dict(os.environ), args.host, args.port, "mimochat up")
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Only the web server."""
+    from webhooks.__main__ import main as web_main
+
+    web_main(["--host", args.host, "--port", str(args.port)])
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Only a Celery worker (queues gpu,io by default)."""
+    from bot.supervisor import worker_argv
+
+    settings = Settings.from_env()
+    argv = worker_argv(args.queues, args.concurrency or settings.gpu_concurrency, args.name)
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Post a message to the webhook as WeChat would and print what the user receives."""
+    import requests
+
+    from bot.channels.wechat import message_xml, read_reply, sign_request
+
+    env = dict(os.environ)
+    settings = Settings.from_env(env)
+    if not settings.wechat_token:
+        settings = Settings.from_env(demo_environ(DEMO_PORT, env), dotenv=False)
+    xml = message_xml(args.user, args.account, content=args.text)
+    parts = urlsplit(args.url)
+    outbox = f"{parts.scheme}://{parts.netloc}/sandbox/wechat/outbox"
+    before = _outbox(requests, outbox, args.user)
+    started = time.perf_counter()
+    last = None
+    for attempt in range(1 + args.retries):
+        signed = sign_request(
+            settings.wechat_token,
+            xml,
+            aes_key=settings.wechat_aes_key,
+            app_id=settings.wechat_app_id,
+            openid=args.user,
+        )
+        t0 = time.perf_counter()
+        try:
+            last = requests.post(
+                args.url, params=signed.params, data=signed.body.encode(), timeout=15
+            )
+        except requests.RequestException as exc:
+            print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 2
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        print(f"try {attempt + 1}: HTTP {last.status_code} in {elapsed_ms:.1f} ms")
+    if last.status_code != 200:
+        print(f"webhook refused the message: {last.text.strip()}", file=sys.stderr)
+        return 1
+    reply = read_reply(
+        last.text,
+        token=settings.wechat_token,
+        aes_key=settings.wechat_aes_key,
+        app_id=settings.wechat_app_id,
+    )
+    if reply:
+        print(f"passive reply: {reply.get('Content', '')}")
+        return 0
+    if before is None:
+        print(
+            "acknowledged; the answer goes out through the customer-service API (no sandbox here)"
+        )
+        return 0
+    answer = _wait_for_answer(requests, outbox, args.user, len(before), args.timeout)
+    if not answer:
+        print(f"no answer in the sandbox outbox after {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    print(f"answer after {time.perf_counter() - started:.2f}s ({len(answer)} message(s)):")
+    for msg in answer:
+        print(f"  {msg['content']}")
+    return 0
+
+
+def _outbox(requests_mod, url: str, user: str) -> list | None:  # noqa: ANN001
+    try:
+        res = requests_mod.get(url, params={"touser": user}, timeout=5)
+    except requests_mod.RequestException:
+        return None
+    return res.json() if res.status_code == 200 else None
+
+
+def _wait_for_answer(requests_mod, url: str, user: str, seen: int, timeout: float) -> list:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    new: list = []
+    quiet_since = None
+    while time.monotonic() < deadline:
+        messages = (_outbox(requests_mod, url, user) or [])[seen:]
+        if len(messages) > len(new):
+            new, quiet_since = messages, time.monotonic()
+        elif new and quiet_since and time.monotonic() - quiet_since > 1.0:
+            return new
+        time.sleep(0.2)
+    return new
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the configuration and every dependency; non-zero exit names what is wrong."""
+    from bot.doctor import run_checks
+
+    settings = Settings.from_env()
+    results = run_checks(settings)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2))
+    else:
+        for r in results:
+            print(f"[{'ok' if r.ok else 'FAIL'}] {r.name}: {r.detail}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch model weights into the Hugging Face cache with a progress bar."""
+    from bot.engine.download import download
+
+    path = download(args.model)
+    print(f"model ready at {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `mimochat`."""
+    parser = argparse.ArgumentParser(prog="mimochat", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn in (("demo", cmd_demo), ("up", cmd_up), ("web", cmd_web)):
+        p = sub.add_parser(name, help=fn.__doc__)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=DEMO_PORT)
+        p.set_defaults(func=fn)
+    p = sub.add_parser("worker", help=cmd_worker.__doc__)
+    p.add_argument("--queues", default="gpu,io")
+    p.add_argument("--concurrency", type=int, default=0)
+    p.add_argument("--name", default="mimochat")
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("send", help=cmd_send.__doc__)
+    p.add_argument("text")
+    p.add_argument("--user", default="o_demo_user")
+    p.add_argument("--account", default=DEMO_ACCOUNT)
+    p.add_argument("--url", default=f"http://127.0.0.1:{DEMO_PORT}/wechat")
+    p.add_argument(
+        "--retries", type=int, default=0, help="post the same message again, as WeChat does"
+    )
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_send)
+    p = sub.add_parser("doctor", help=cmd_doctor.__doc__)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("download", help=cmd_download.__doc__)
+    p.add_argument("model", nargs="?", default="XiaomiMiMo/MiMo-7B-RL")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,38 @@
+"""Commands answered without the model."""
+
+from __future__ import annotations
+
+HELP_TEXT = (
+    "I am MiMo, Xiaomi's reasoning model. Ask me anything and I will think it through.\n"
+    "我是小米 MiMo 推理模型，直接提问即可。\n\n"
+    "Commands / 命令:\n"
+    "/help (帮助) — this help\n"
+    "/reset (清除记忆) — forget our conversation and start fresh"
+)
+RESET_TEXT = "Done — I have forgotten our conversation. 已清除记忆，我们重新开始吧。"
+WELCOME_TEXT = (
+    "Welcome! I am MiMo, Xiaomi's reasoning model. Send me a question. "
+    "欢迎关注！直接发送问题即可，发送 /help 查看帮助。"
+)
+IMAGE_TEXT = (
+    "I read text only for now, so I can't see pictures. Please type your question. "
+    "我目前只能阅读文字，请直接输入问题。"
+)
+EMPTY_VOICE_TEXT = (
+    "Sorry, I couldn't make out that voice message. Could you say it again or type it? "
+    "抱歉，没听清这段语音，请再说一遍或直接输入文字。"
+)
+
+_ALIASES = {
+    "/help": "help",
+    "help": "help",
+    "帮助": "help",
+    "/reset": "reset",
+    "清除记忆": "reset",
+    "/清除记忆": "reset",
+}
+
+
+def match_command(text: str) -> str | None:
+    """The command a message is (`help` or `reset`), or None for a question."""
+    return _ALIASES.get(text.strip().lower())

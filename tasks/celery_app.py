@@ -1,0 +1,79 @@
+"""The Celery app: Redis broker, JSON only, late acks, one job at a time per slot."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery import Celery
+from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
+
+from bot.settings import Settings
+from bot.store import Unavailable, celery_url, resolve_url
+
+log = logging.getLogger(__name__)
+
+GPU_QUEUE = "gpu"
+IO_QUEUE = "io"
+GENERATE = "mimochat.generate"
+DELIVER = "mimochat.deliver"
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for these settings, with the generation and delivery tasks registered."""
+    broker = celery_url(resolve_url(settings))
+    app = Celery("mimochat", broker=broker, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        # A worker that dies mid-task hands the job back instead of acking it.
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[
+            Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (GPU_QUEUE, IO_QUEUE)
+        ],
+        task_default_queue=IO_QUEUE,
+        task_routes={GENERATE: {"queue": GPU_QUEUE}, DELIVER: {"queue": IO_QUEUE}},
+        task_create_missing_queues=False,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "socket_connect_timeout": 1,
+            "socket_timeout": 5,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+        enable_utc=True,
+    )
+    from tasks import deliver, generate
+
+    generate.register(app, settings)
+    deliver.register(app, settings)
+    return app
+
+
+class Producer:
+    """What the webhook uses to enqueue: publishes durably or raises (then the webhook says 503)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = make_celery(settings)
+
+    def _send(self, name: str, payload: dict, queue: str) -> None:
+        try:
+            self.app.send_task(name, args=[payload], queue=queue, retry=False)
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            raise Unavailable(f"cannot enqueue on {queue}: {type(exc).__name__}") from exc
+
+    def generation(self, job: dict) -> None:
+        """Put one generation job on the gpu queue (raises Unavailable if Redis is down)."""
+        self._send(GENERATE, job, GPU_QUEUE)
+
+    def delivery(self, result: dict) -> None:
+        """Put one delivery job on the io queue (raises Unavailable if Redis is down)."""
+        self._send(DELIVER, result, IO_QUEUE)

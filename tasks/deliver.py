@@ -1,0 +1,42 @@
+"""The delivery task (io queue): send an answer through the WeChat API, retry what is transient."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, Task
+
+from bot import delivery
+from bot.settings import Settings
+from bot.wechat_api import WeChatAPIError
+from tasks import runtime
+
+log = logging.getLogger(__name__)
+
+MAX_RETRIES = 8
+
+
+def backoff(retries: int) -> float:
+    """Seconds before retry number `retries` + 1: 1, 2, 4 … capped at 60."""
+    return float(min(60, 2**retries))
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Define the delivery task on `app`."""
+
+    @app.task(name="mimochat.deliver", bind=True, acks_late=True, max_retries=MAX_RETRIES)
+    def deliver(self: Task, result: dict) -> None:
+        try:
+            delivery.deliver(
+                result, client=runtime.redis_client(settings), api=runtime.wechat_api(settings)
+            )
+        except WeChatAPIError as exc:
+            if exc.transient and self.request.retries < MAX_RETRIES:
+                log.warning(
+                    "delivery of job %s failed (%s), retry %d",
+                    result["job_id"],
+                    exc,
+                    self.request.retries + 1,
+                )
+                raise self.retry(countdown=backoff(self.request.retries), exc=exc) from None
+            log.error("delivery of job %s failed for good: %s", result["job_id"], exc)

@@ -1,0 +1,27 @@
+"""The generation task (gpu queue): answer one job, then hand the answer to delivery."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from bot import service
+from bot.settings import Settings
+from tasks import runtime
+
+log = logging.getLogger(__name__)
+
+
+def register(app: Celery, settings: Settings) -> None:
+    """Define the generation task on `app`."""
+
+    @app.task(name="mimochat.generate", acks_late=True)
+    def generate(job: dict) -> None:
+        result = service.answer(
+            job,
+            settings=settings,
+            client=runtime.redis_client(settings),
+            engine=runtime.engine(settings),
+        )
+        app.send_task("mimochat.deliver", args=[result], queue="io")

@@ -1,0 +1,29 @@
+"""What one worker process holds once: its Redis client, WeChat client and engine."""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+
+from bot.engine import Engine, get_engine
+from bot.settings import Settings
+from bot.store import connect, resolve_url
+from bot.wechat_api import WeChatAPI
+
+
+@functools.cache
+def redis_client(settings: Settings) -> redis.Redis:
+    """The process's Redis client."""
+    return connect(resolve_url(settings))
+
+
+@functools.cache
+def wechat_api(settings: Settings) -> WeChatAPI:
+    """The process's WeChat API client."""
+    return WeChatAPI(settings, redis_client(settings))
+
+
+def engine(settings: Settings) -> Engine:
+    """The process's engine (built on first call)."""
+    return get_engine(settings)

@@ -1,0 +1,55 @@
+"""Delivery: parts under the byte limit, each sent once even when the delivery is retried."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from bot.delivery import WECHAT_TEXT_LIMIT, deliver, wechat_parts
+from bot.store import connect
+from bot.wechat_api import WeChatAPI, WeChatAPIError
+from tests.helpers import unique
+
+
+def outbox(base: str, user: str) -> list[str]:
+    res = requests.get(f"{base}/sandbox/wechat/outbox", params={"touser": user}, timeout=5)
+    return [m["content"] for m in res.json()]
+
+
+def test_parts_fit_the_limit() -> None:
+    answer = "\n\n".join(f"第{i}段：" + "这是一个很长的句子。" * 40 for i in range(6))
+    parts = wechat_parts(answer)
+    assert len(parts) > 1
+    assert all(len(p.encode()) <= WECHAT_TEXT_LIMIT for p in parts)
+    assert parts[0].startswith(f"(1/{len(parts)})")
+
+
+def test_markdown_reduced_to_plain_text() -> None:
+    (part,) = wechat_parts("## Result\n\n**Bold** answer: $x^2$")
+    assert "**" not in part and "##" not in part and "$" not in part
+
+
+def test_retried_delivery_never_repeats_a_part(live_sandbox) -> None:  # noqa: ANN001
+    base, settings = live_sandbox
+    r = connect(settings.redis_url)
+    api, user = WeChatAPI(settings, r), unique()
+    result = {
+        "job_id": unique("job"),
+        "channel": "wechat",
+        "user": user,
+        "answer": "\n\n".join(["段落。" * 150] * 3),
+    }
+    expected = wechat_parts(result["answer"])
+    assert len(expected) == 3
+    api.send_text(unique(), "warm the token")
+    # The second part fails with a 5xx: the first is recorded as sent.
+    requests.post(
+        f"{base}/sandbox/wechat/faults", json=[{}, {"status": 503}], timeout=5
+    ).raise_for_status()
+    with pytest.raises(WeChatAPIError):
+        deliver(result, client=r, api=api)
+    assert outbox(base, user) == expected[:1]
+    summary = deliver(result, client=r, api=api)  # the retry
+    assert summary["sent_now"] == 2
+    deliver(result, client=r, api=api)  # a redelivered task after success
+    assert outbox(base, user) == expected

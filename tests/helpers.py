@@ -1,0 +1,47 @@
+"""Small helpers and constants shared by the tests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+TOKEN = "mimochattest"
+APP_ID = "wx00112233445566ff"
+APP_SECRET = "test-secret-00112233445566778899"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+ACCOUNT = "gh_test_account"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_db(url: str, db: int) -> str:
+    """The same Redis server, another logical database."""
+    parsed = urlparse(url)
+    if parsed.scheme == "unix":
+        return f"unix://{parsed.path}?db={db}"
+    return parsed._replace(path=f"/{db}").geturl()
+
+
+def unique(prefix: str = "o") -> str:
+    """A fresh user id so tests never see each other's conversations."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def queued_jobs(client: Any, queue: str = "gpu") -> list[dict]:
+    """The jobs waiting in a Celery queue, decoded from the broker's JSON envelopes."""
+    jobs = []
+    for raw in client.lrange(queue, 0, -1):
+        envelope = json.loads(raw)
+        assert envelope["content-type"] == "application/json"  # never pickle
+        args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        jobs.append(args[0])
+    return jobs

@@ -1,0 +1,88 @@
+"""`create_app(settings)`: the Flask app with its blueprints and error handling."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import redis
+from flask import Flask, current_app
+from werkzeug.exceptions import HTTPException
+
+from bot.channels.wechat import ProtocolError, WeChatCodec
+from bot.logs import setup_logging
+from bot.settings import Settings
+from bot.store import Unavailable, connect, resolve_url
+from tasks import Producer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What the views share, built once per app."""
+
+    settings: Settings
+    redis: redis.Redis
+    producer: Producer
+    wechat: WeChatCodec
+
+
+def services() -> Services:
+    """The current app's services."""
+    return current_app.extensions["mimochat"]
+
+
+def _plain(text: str, status: int) -> tuple[str, int, dict[str, str]]:
+    return text, status, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the web app; tests pass their own settings."""
+    settings = settings or Settings.from_env()
+    setup_logging(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["mimochat"] = Services(
+        settings=settings,
+        redis=connect(resolve_url(settings)),
+        producer=Producer(settings),
+        wechat=WeChatCodec(
+            settings.wechat_token,
+            settings.wechat_aes_key,
+            settings.wechat_app_id,
+            settings.wechat_timestamp_window,
+        ),
+    )
+
+    from webhooks import health, wechat
+
+    app.register_blueprint(wechat.bp)
+    app.register_blueprint(health.bp)
+    if settings.sandbox:
+        from webhooks import sandbox
+
+        app.register_blueprint(sandbox.bp)
+
+    @app.errorhandler(ProtocolError)
+    def protocol_error(exc: ProtocolError):  # noqa: ANN202
+        log.warning("refused webhook call: %s (%d)", exc.reason, exc.status)
+        return _plain(exc.reason, exc.status)
+
+    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(Unavailable)
+    def unavailable(exc: Exception):  # noqa: ANN202
+        log.error("redis unavailable, answering 503 so the caller retries: %s", type(exc).__name__)
+        return _plain("temporarily unavailable, please retry", 503)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):  # noqa: ANN202
+        return _plain(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):  # noqa: ANN202
+        # Never a stack trace to a caller; 503 makes WeChat retry instead of losing the message.
+        log.exception("unexpected error in %s", type(exc).__name__)
+        return _plain("temporarily unavailable, please retry", 503)
+
+    return app

@@ -1,0 +1,33 @@
+"""`/wechat`: the Official Account webhook — verify, parse, deduplicate, enqueue, acknowledge."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from bot import service
+from bot.channels.wechat import parse_message, render_text_reply
+from webhooks.app import services
+
+bp = Blueprint("wechat", __name__)
+
+
+@bp.get("/wechat")
+def verify_url() -> Response:
+    """URL verification: echo `echostr` when the signature holds."""
+    echostr = services().wechat.verify_url(request.args.to_dict())
+    return Response(echostr, mimetype="text/plain")
+
+
+@bp.post("/wechat")
+def receive() -> Response:
+    """A user's message: acknowledged only once its job is in Redis."""
+    s = services()
+    inbound = s.wechat.open(request.args.to_dict(), request.get_data())
+    message = parse_message(inbound.xml)
+    decision = service.ingest(
+        message, settings=s.settings, client=s.redis, enqueue=s.producer.generation
+    )
+    if decision.reply is None:
+        return Response("success", mimetype="text/plain")
+    xml = render_text_reply(message.user, message.account, decision.reply)
+    return Response(s.wechat.seal(xml, inbound), mimetype="application/xml")
