@@ -143,11 +143,11 @@ def cmd_send(args: argparse.Namespace) -> int:
             "acknowledged; the answer goes out through the customer-service API (no sandbox here)"
         )
         return 0
-    answer = _wait_for_answer(requests, outbox, args.user, len(before), args.timeout)
+    answer, first_at = _wait_for_answer(requests, outbox, args.user, len(before), args.timeout)
     if not answer:
         print(f"no answer in the sandbox outbox after {args.timeout:.0f}s", file=sys.stderr)
         return 1
-    print(f"answer after {time.perf_counter() - started:.2f}s ({len(answer)} message(s)):")
+    print(f"answer after {first_at - started:.2f}s ({len(answer)} message(s)):")
     for msg in answer:
         print(f"  {msg['content']}")
     return 0
@@ -161,18 +161,26 @@ def _outbox(requests_mod, url: str, user: str) -> list | None:  # noqa: ANN001
     return res.json() if res.status_code == 200 else None
 
 
-def _wait_for_answer(requests_mod, url: str, user: str, seen: int, timeout: float) -> list:  # noqa: ANN001
+def _wait_for_answer(
+    requests_mod,
+    url: str,
+    user: str,
+    seen: int,
+    timeout: float,  # noqa: ANN001
+) -> tuple[list, float]:
+    """New outbox messages once they stop coming, and when the first one arrived."""
     deadline = time.monotonic() + timeout
     new: list = []
-    quiet_since = None
+    first_at = quiet_since = 0.0
     while time.monotonic() < deadline:
         messages = (_outbox(requests_mod, url, user) or [])[seen:]
         if len(messages) > len(new):
-            new, quiet_since = messages, time.monotonic()
-        elif new and quiet_since and time.monotonic() - quiet_since > 1.0:
-            return new
-        time.sleep(0.2)
-    return new
+            new, quiet_since = messages, time.perf_counter()
+            first_at = first_at or quiet_since
+        elif new and time.perf_counter() - quiet_since > 1.0:
+            break
+        time.sleep(0.05)
+    return new, first_at
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

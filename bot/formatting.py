@@ -978,6 +978,9 @@ def to_wechat_text(markdown: str) -> str:
     """Render Markdown + LaTeX model output as readable plain text for a WeChat text bubble."""
     if not isinstance(markdown, str):
         markdown = "" if markdown is None else str(markdown)
+    # U+FFFD only marks bytes the tokenizer could not decode (a cut multi-byte character):
+    # it carries nothing a reader could use.
+    markdown = markdown.replace("\ufffd", "")
     try:
         return _render_wechat(markdown)
     except Exception:  # never fail a delivery over formatting: fall back to the raw text

@@ -60,7 +60,10 @@ def start_embedded(data_dir: Path) -> str:
             "--save", "",
             "--logfile", str(root / "redis.log"),
         ]  # fmt: skip
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        # Own session: a Ctrl-C meant for the supervisor must not kill Redis before the workers.
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + 10
         while not _answers(url):
             if proc.poll() is not None or time.monotonic() > deadline:

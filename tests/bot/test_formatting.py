@@ -493,3 +493,7 @@ def test_split_and_number() -> None:
     assert len(numbered) == 10
     assert numbered[3].startswith("(4/10) ")
     assert split_and_number("short", 2000) == ["short"]
+
+
+def test_undecodable_bytes_marker_dropped() -> None:
+    assert to_wechat_text("caf\ufffd ok") == "caf ok"
