@@ -8,9 +8,10 @@ from typing import Any
 
 import redis
 
+from bot import jobs
 from bot.formatting import number_parts, split_text, to_wechat_text
 from bot.store import key
-from bot.wechat_api import WeChatAPI
+from bot.wechat_api import WeChatAPI, WeChatAPIError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def deliver(result: dict[str, Any], *, client: redis.Redis, api: WeChatAPI) -> d
         client.hset(sent_key, str(index), f"{time.time():.3f}")
         client.expire(sent_key, SENT_TTL)
         sent_now += 1
+    jobs.record(client, result["job_id"], "delivered", parts=len(parts))
     log.info(
         "delivered job %s to %s: %d part(s), %d sent now",
         result["job_id"],
@@ -49,3 +51,8 @@ def deliver(result: dict[str, Any], *, client: redis.Redis, api: WeChatAPI) -> d
         sent_now,
     )
     return {"parts": len(parts), "sent_now": sent_now, "delivered_at": time.time()}
+
+
+def record_failure(client: redis.Redis, result: dict[str, Any], exc: WeChatAPIError) -> None:
+    """Note a delivery that will not be retried, with WeChat's error code, for operators."""
+    jobs.record(client, result["job_id"], "failed", error_code=exc.code, error=exc.message[:200])

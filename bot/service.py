@@ -14,10 +14,11 @@ from typing import Any
 
 import redis
 
-from bot import commands
+from bot import commands, jobs
 from bot.conversations import Conversations
-from bot.engine.base import Engine, GenerationRequest
+from bot.engine.base import Engine, Generation, GenerationRequest
 from bot.messages import IncomingMessage, new_id
+from bot.progress import ProgressWriter
 from bot.settings import Settings
 from bot.store import key
 
@@ -86,6 +87,16 @@ def _decide(
         return Decision(reply=commands.RESET_TEXT)
     job = make_job(message)
     enqueue(job)
+    jobs.record(
+        client,
+        job["job_id"],
+        "received",
+        channel=message.channel,
+        user=message.user,
+        kind=message.kind,
+        msg_id=message.msg_id,
+        text=message.content[:500],
+    )
     return Decision(job=job)
 
 
@@ -134,11 +145,14 @@ def answer(job: Job, *, settings: Settings, client: redis.Redis, engine: Engine)
         "account": job.get("account", ""),
         "queue_wait": round(started - job.get("enqueued_at", started), 3),
     }
+    jobs.record(client, job["job_id"], "started", queue_wait=result["queue_wait"])
+    progress = ProgressWriter(client, job["job_id"])
     try:
-        generation = engine.generate(request)
+        generation = _stream(engine, request, progress)
     except Exception as exc:
         log.exception("generation failed for job %s", job["job_id"])
         result.update(answer=APOLOGY_TEXT, reasoning="", error=type(exc).__name__, remember=False)
+        progress.finish(APOLOGY_TEXT, "", state="failed")
     else:
         result.update(
             answer=generation.answer,
@@ -148,6 +162,27 @@ def answer(job: Job, *, settings: Settings, client: redis.Redis, engine: Engine)
             answer_tokens=generation.answer_tokens,
             finish_reason=generation.finish_reason,
         )
+        progress.finish(generation.answer, generation.reasoning)
     result["generation_seconds"] = round(time.time() - started, 3)
     result["answered_at"] = time.time()
+    jobs.record(
+        client,
+        job["job_id"],
+        "generated",
+        generation_seconds=result["generation_seconds"],
+        prompt_tokens=result.get("prompt_tokens"),
+        reasoning_tokens=result.get("reasoning_tokens"),
+        answer_tokens=result.get("answer_tokens"),
+        finish_reason=result.get("finish_reason"),
+        error=result.get("error"),
+    )
     return store.record(job, result)
+
+
+def _stream(engine: Engine, request: GenerationRequest, progress: ProgressWriter) -> Generation:
+    """Run a streamed generation, publishing the text as it grows; returns the final result."""
+    for event in engine.stream(request):
+        if event.kind == "done" and event.generation is not None:
+            return event.generation
+        progress.add(event.kind, event.text)
+    raise RuntimeError("the engine's stream ended without a result")

@@ -67,6 +67,7 @@ class Supervisor:
     env: dict[str, str]
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
+    backoff_base: float = 2.0  # seconds before restarting a child that died right after start
 
     def add(self, name: str, argv: list[str], restart: bool) -> None:
         """Register a child to start."""
@@ -115,7 +116,9 @@ class Supervisor:
                     # Back off if it keeps dying right after start (bad settings, no memory).
                     quick = time.monotonic() - child.started_at < 10
                     child.restarts += 1
-                    delay = min(30.0, 2.0**child.restarts) if quick else 1.0
+                    delay = (
+                        min(30.0, self.backoff_base * 2 ** (child.restarts - 1)) if quick else 1.0
+                    )
                     log.warning("%s exited with %s; restarting in %.0fs", child.name, rc, delay)
                     time.sleep(delay)
                     self._spawn(child)

@@ -40,3 +40,4 @@ def register(app: Celery, settings: Settings) -> None:
                 )
                 raise self.retry(countdown=backoff(self.request.retries), exc=exc) from None
             log.error("delivery of job %s failed for good: %s", result["job_id"], exc)
+            delivery.record_failure(runtime.redis_client(settings), result, exc)

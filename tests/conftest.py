@@ -146,7 +146,12 @@ def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = base_settings.replace(wechat_api_base=f"{url}/sandbox/wechat/")
-    env = {**os.environ, **settings.to_env()}
+    # Children import this checkout, whatever is installed in the virtualenv.
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     env.pop("MIMOCHAT_GENERATION_DELAY", None)
     web = start_process(web_argv("127.0.0.1", port), env, logs / "web.log")
     worker = start_process(
