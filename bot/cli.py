@@ -201,7 +201,11 @@ def cmd_download(args: argparse.Namespace) -> int:
     """Fetch model weights into the Hugging Face cache with a progress bar."""
     from bot.engine.download import download
 
-    path = download(args.model)
+    try:
+        path = download(args.model)
+    except (ValueError, RuntimeError) as exc:
+        print(f"mimochat download: {exc}", file=sys.stderr)
+        return 1
     print(f"model ready at {path}")
     return 0
 

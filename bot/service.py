@@ -19,6 +19,7 @@ from bot.conversations import Conversations
 from bot.engine.base import Engine, Generation, GenerationRequest
 from bot.messages import IncomingMessage, new_id
 from bot.progress import ProgressWriter
+from bot.prompting import prompt_budget, trim_history
 from bot.settings import Settings
 from bot.store import key
 
@@ -134,6 +135,7 @@ def answer(job: Job, *, settings: Settings, client: redis.Redis, engine: Engine)
         temperature=settings.temperature,
         top_p=settings.top_p,
         request_id=job["request_id"],
+        deadline=started + settings.generation_timeout if settings.generation_timeout > 0 else None,
     )
     if settings.generation_delay:
         time.sleep(settings.generation_delay)
@@ -148,6 +150,7 @@ def answer(job: Job, *, settings: Settings, client: redis.Redis, engine: Engine)
     jobs.record(client, job["job_id"], "started", queue_wait=result["queue_wait"])
     progress = ProgressWriter(client, job["job_id"])
     try:
+        request.messages = _fit_window(engine, request, job["job_id"])
         generation = _stream(engine, request, progress)
     except Exception as exc:
         log.exception("generation failed for job %s", job["job_id"])
@@ -177,6 +180,21 @@ def answer(job: Job, *, settings: Settings, client: redis.Redis, engine: Engine)
         error=result.get("error"),
     )
     return store.record(job, result)
+
+
+def _fit_window(engine: Engine, request: GenerationRequest, job_id: str) -> list[dict[str, str]]:
+    """The conversation trimmed by tokens to leave room for the reasoning budget and answer."""
+    limit = prompt_budget(engine.context_length, request.thinking_budget, request.max_new_tokens)
+    window = trim_history(request.messages, engine.count_tokens, limit)
+    if window.dropped_turns or window.cut_chars:
+        log.info(
+            "job %s: %d old turns dropped, %d characters cut from the question to fit %d tokens",
+            job_id,
+            window.dropped_turns,
+            window.cut_chars,
+            limit,
+        )
+    return window.messages
 
 
 def _stream(engine: Engine, request: GenerationRequest, progress: ProgressWriter) -> Generation:

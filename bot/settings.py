@@ -112,6 +112,36 @@ class Settings:
     gpu_concurrency: int = _setting(
         "MIMOCHAT_GPU_CONCURRENCY", 8, "Generation tasks one GPU worker runs at a time."
     )
+    continuous_batching: bool = _setting(
+        "MIMOCHAT_CONTINUOUS_BATCHING",
+        True,
+        "Batch concurrent conversations in one forward pass (transformers backend); 0: one at a time.",
+    )
+    context_tokens: int = _setting(
+        "MIMOCHAT_CONTEXT_TOKENS",
+        0,
+        "Most tokens of one conversation (history + reasoning + answer); 0: the model's own limit.",
+    )
+    kv_cache_tokens: int = _setting(
+        "MIMOCHAT_KV_CACHE_TOKENS",
+        0,
+        "Tokens of paged KV cache shared by all conversations; 0: concurrency x context, if it fits.",
+    )
+    kv_cache_memory: float = _setting(
+        "MIMOCHAT_KV_CACHE_MEMORY",
+        0.85,
+        "Most of the device memory left after loading the weights that the KV cache may take.",
+    )
+    max_batch_tokens: int = _setting(
+        "MIMOCHAT_MAX_BATCH_TOKENS",
+        512,
+        "Most tokens in one forward pass; longer prompts are prefilled in chunks of this size.",
+    )
+    generation_timeout: float = _setting(
+        "MIMOCHAT_GENERATION_TIMEOUT",
+        300.0,
+        "Seconds one answer may take before it is cancelled (its KV memory freed); 0: no limit.",
+    )
     generation_delay: float = _setting(
         "MIMOCHAT_GENERATION_DELAY",
         0.0,

@@ -19,7 +19,11 @@ def build_engine(settings: Settings) -> Engine:
         from bot.engine.transformers_engine import TransformersEngine
 
         return TransformersEngine(settings)
-    raise ValueError(f"MIMOCHAT_BACKEND={settings.backend!r} is not one of: transformers")
+    if settings.backend == "openai":
+        from bot.engine.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(settings)
+    raise ValueError(f"MIMOCHAT_BACKEND={settings.backend!r} is not one of: transformers, openai")
 
 
 def get_engine(settings: Settings) -> Engine:

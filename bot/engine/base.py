@@ -63,6 +63,16 @@ class Engine(abc.ABC):
     """A text generator shared by every task of one worker process; thread-safe."""
 
     name: str = "engine"
+    # Most tokens of one conversation: prompt, reasoning and answer together.
+    context_length: int = 32768
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens the conversation's prompt takes; engines with a tokenizer count exactly.
+
+        This default over-counts on purpose (one token per two UTF-8 bytes, plus a few per
+        message for the chat markup), so history trimmed by it always fits.
+        """
+        return sum(len(m.get("content", "").encode()) // 2 + 8 for m in messages) + 8
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> Generation:

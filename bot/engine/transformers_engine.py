@@ -23,6 +23,7 @@ import torch
 from transformers import (
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessorList,
     Qwen2Config,
     Qwen2ForCausalLM,
     StoppingCriteria,
@@ -31,6 +32,8 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 from bot.engine.base import Engine, Generation, GenerationRequest, StreamEvent
+from bot.engine.batching import BatchConfig, BatchCrashed, Batcher, Handle
+from bot.engine.sampling import Sampler, SamplingProcessor, sampling_kwargs
 from bot.engine.tiny import TINY, ensure_tiny_model, quiet_progress
 from bot.reasoning import THINK_CLOSE, THINK_OPEN, split_reasoning, unsafe_tail
 from bot.settings import Settings
@@ -54,14 +57,39 @@ DTYPES = {
 }
 # Enough trailing tokens to see a `</think>` spelled in several pieces.
 _CLOSE_WINDOW = 16
+# Seconds a batched request waits for its next token before it checks deadline and cancel.
+_WAIT = 0.1
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 
 
-class _MiMoAsQwen2(Qwen2ForCausalLM):
-    """Qwen2ForCausalLM that quietly skips MiMo's multi-token-prediction weights."""
+class MiMoQwen2ForCausalLM(Qwen2ForCausalLM):
+    """Qwen2ForCausalLM that skips MiMo's multi-token-prediction weights and batches well."""
 
     # MiMo-7B ships one MTP layer (model.mtp_layers.*) that plain next-token decoding never uses.
     _keys_to_ignore_on_load_unexpected = [r"mtp_layers\."]
+
+    def forward(self, *args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+        """The usual forward; a batch mask sliced out of a larger buffer is copied out first.
+
+        Continuous batching hands sdpa a view into its preallocated [max_tokens, cache] mask;
+        PyTorch's CPU sdpa is ~1000x slower on a mask whose storage is that whole buffer than on
+        a compact copy (3-11 ms against 7 us per call for one decode step), and one small copy
+        per forward pass is cheap.
+        """
+        if isinstance(attention_mask, dict):
+            attention_mask = {k: _compact(v) for k, v in attention_mask.items()}
+        else:
+            attention_mask = _compact(attention_mask)
+        return super().forward(*args, attention_mask=attention_mask, **kwargs)
+
+
+def _compact(mask: Any) -> Any:
+    """`mask` with storage of its own size (a copy only when it views a larger buffer)."""
+    if not isinstance(mask, torch.Tensor):
+        return mask
+    if mask.untyped_storage().nbytes() > mask.numel() * mask.element_size():
+        return mask.clone()
+    return mask
 
 
 class _Cancelled(Exception):
@@ -194,10 +222,21 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_model(settings: Settings) -> str:
-    """The local directory or hub id to load: `tiny` builds the test checkpoint on first use."""
-    if settings.model.strip() == TINY:
+    """The local directory or hub id to load: `tiny` builds the test checkpoint on first use.
+
+    A hub id already in the Hugging Face cache (`mimochat download`) resolves to its snapshot
+    directory, so loading it never touches the network.
+    """
+    name = settings.model.strip()
+    if name == TINY:
         return str(ensure_tiny_model(settings.data_path))
-    return settings.model.strip()
+    if name and not Path(name).expanduser().exists() and not _looks_like_path(name):
+        from bot.engine.download import cached_snapshot
+
+        cached = cached_snapshot(name)
+        if cached is not None:
+            return str(cached)
+    return name
 
 
 def read_model_config(source: str) -> tuple[dict[str, Any], bool]:
@@ -298,43 +337,78 @@ def _qwen2_config(config: dict[str, Any]) -> Qwen2Config:
 
 
 class TransformersEngine(Engine):
-    """One Qwen2/MiMo model in this process; requests run one at a time under a lock."""
+    """One Qwen2/MiMo model in this process, shared by every task thread.
+
+    With continuous batching (the default) concurrent requests decode together in one loop;
+    without it they run one at a time under a lock. Budget forcing is the same in both.
+    """
 
     name = "transformers"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, model: Any = None, tokenizer: Any = None) -> None:
+        """Load the configured model, or wrap an already built `model` and `tokenizer` (bench)."""
         self.settings = settings
         self.model_name = settings.model.strip()
-        self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
-        self.source = resolve_model(settings)
-        config, local = read_model_config(self.source)
         self._lock = threading.Lock()
         started = time.perf_counter()
-        # The tiny checkpoint loads in milliseconds; a progress bar there is only noise.
-        quiet = quiet_progress() if self.model_name == TINY else contextlib.nullcontext()
-        qwen2_config = _qwen2_config(config)
-        with quiet:
-            self.tokenizer = self._load_tokenizer(qwen2_config, local)
-            self.model: Qwen2ForCausalLM | None = self._load_model(qwen2_config, local)
+        if model is not None:
+            if tokenizer is None:
+                raise ValueError("a prebuilt model needs its tokenizer")
+            self.source = "(in memory)"
+            self.device = model.device
+            self.dtype = model.dtype
+            self.tokenizer = tokenizer
+            self.model: Qwen2ForCausalLM | None = model.eval()
+        else:
+            self.device = resolve_device(settings.device)
+            self.dtype = resolve_dtype(settings.dtype, self.device)
+            self.source = resolve_model(settings)
+            config, local = read_model_config(self.source)
+            qwen2_config = _qwen2_config(config)
+            if self.device.type == "cuda":
+                check_gpu_memory(qwen2_config, self.dtype, self.device, settings)
+            # The tiny checkpoint loads in milliseconds; a progress bar there is only noise.
+            quiet = quiet_progress() if self.model_name == TINY else contextlib.nullcontext()
+            with quiet:
+                self.tokenizer = self._load_tokenizer(qwen2_config, local)
+                self.model = self._load_model(qwen2_config, local)
         self.load_seconds = time.perf_counter() - started
-        self.context_length = int(self.model.config.max_position_embeddings)
+        model_limit = int(self.model.config.max_position_embeddings)
+        self.context_length = (
+            min(model_limit, settings.context_tokens)
+            if settings.context_tokens > 0
+            else model_limit
+        )
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.eos_ids[0]
-        # Only generate() may set sampling: the checkpoint's defaults would otherwise be merged
-        # into every call (and warn when a greedy request meets a default temperature).
+        # Only our sampler may sample: the checkpoint's defaults would otherwise be merged into
+        # every call (and warn when a greedy request meets a default temperature).
         self.model.generation_config = GenerationConfig(
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id
         )
         self._close_ids = self._encode(FORCED_CLOSE)
+        self.sampler = Sampler()
+        self._batcher: Batcher | None = None
+        if settings.continuous_batching:
+            self._batcher = Batcher(
+                self.model,
+                self.eos_ids,
+                self.pad_id,
+                BatchConfig(
+                    kv_cache_tokens=self._plan_kv_cache(),
+                    max_batch_tokens=max(16, settings.max_batch_tokens),
+                ),
+                self.sampler,
+            )
         log.info(
-            "loaded %s on %s (%s) in %.1f s",
+            "loaded %s on %s (%s) in %.1f s; %s",
             self.model_name,
             self.device,
             self.dtype,
             self.load_seconds,
+            "continuous batching" if self._batcher else "one request at a time",
         )
 
     # Loading
@@ -357,7 +431,7 @@ class TransformersEngine(Engine):
         if direct:
             kwargs["device_map"] = str(self.device)
         try:
-            model = _MiMoAsQwen2.from_pretrained(
+            model = MiMoQwen2ForCausalLM.from_pretrained(
                 self.source,
                 config=config,
                 dtype=self.dtype,
@@ -371,6 +445,22 @@ class TransformersEngine(Engine):
             model.to(self.device)
         model.eval()
         return model
+
+    def _plan_kv_cache(self) -> int:
+        """Tokens of paged KV cache: the setting, or one full context per concurrent task."""
+        assert self.model is not None
+        wanted = self.settings.kv_cache_tokens or (
+            max(1, self.settings.gpu_concurrency) * self.context_length
+        )
+        per_token = kv_bytes_per_token(self.model.config, self.dtype)
+        return plan_kv_cache(
+            wanted,
+            per_token,
+            free_memory_bytes(self.device),
+            self.settings.kv_cache_memory,
+            self.context_length,
+            str(self.device),
+        )
 
     def _eos_ids(self) -> list[int]:
         ids: list[int] = []
@@ -414,6 +504,10 @@ class TransformersEngine(Engine):
         if not text.rstrip().endswith(THINK_OPEN):
             text += THINK_OPEN
         return text
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of the prompt this conversation becomes (chat template and `<think>` included)."""
+        return len(self._encode(self.prompt(messages)))
 
     # Generation
 
@@ -464,7 +558,7 @@ class TransformersEngine(Engine):
                 else:
                     raise value
         finally:
-            # Reached early when the consumer stops iterating: free the model for others.
+            # Reached early when the consumer stops iterating: stop generating for it.
             cancel.set()
 
     def _complete(
@@ -473,20 +567,24 @@ class TransformersEngine(Engine):
         on_ids: Callable[[list[int]], None] | None = None,
         cancel: threading.Event | None = None,
     ) -> Generation:
-        """Reason within budget, force the close if needed, answer; the whole request, locked."""
+        """Reason within budget, force the close if needed, answer: the whole request."""
         _check_deadline(request)
         started = time.perf_counter()
-        with self._lock:
+        if self.model is None:
+            raise RuntimeError("the engine is closed")
+        prompt_ids = self._encode(self.prompt(request.messages))
+        room = self.context_length - len(prompt_ids)
+        if room <= len(self._close_ids) + 1:
+            raise ValueError(
+                f"the conversation ({len(prompt_ids)} tokens) does not fit the model's "
+                f"context of {self.context_length} tokens; shorten the history"
+            )
+        # Batched requests run side by side; without batching one request holds the model.
+        serial = self._lock if self._batcher is None else contextlib.nullcontext()
+        with serial:
             if self.model is None:
                 raise RuntimeError("the engine is closed")
             _check_deadline(request)
-            prompt_ids = self._encode(self.prompt(request.messages))
-            room = self.context_length - len(prompt_ids)
-            if room <= len(self._close_ids) + 1:
-                raise ValueError(
-                    f"the conversation ({len(prompt_ids)} tokens) does not fit the model's "
-                    f"context of {self.context_length} tokens; shorten the history"
-                )
             emit = on_ids or (lambda ids: None)
             completion: list[int] = []  # every token after the prompt, forced ones included
 
@@ -494,36 +592,35 @@ class TransformersEngine(Engine):
                 completion.extend(ids)
                 emit(ids)
 
-            with self._seeded(request.seed):
-                budget = min(request.thinking_budget, room - len(self._close_ids) - 1)
-                reasoning_ids: list[int] = []
-                why = "length"
-                if budget > 0:
-                    reasoning_ids, why = self._run(
-                        prompt_ids,
-                        budget,
-                        request,
-                        watch_close=True,
-                        on_ids=emitted,
-                        cancel=cancel,
-                    )
-                forced = why != "close"
-                context = prompt_ids + _strip_eos(reasoning_ids, self.eos_ids)
-                if forced:
-                    context += self._close_ids
-                    emitted(list(self._close_ids))
-                answer_room = min(request.max_new_tokens, self.context_length - len(context))
-                answer_ids: list[int] = []
-                answer_why = "length"
-                if answer_room > 0:
-                    answer_ids, answer_why = self._run(
-                        context,
-                        answer_room,
-                        request,
-                        watch_close=False,
-                        on_ids=emitted,
-                        cancel=cancel,
-                    )
+            budget = min(request.thinking_budget, room - len(self._close_ids) - 1)
+            reasoning_ids: list[int] = []
+            why = "length"
+            if budget > 0:
+                reasoning_ids, why = self._run(
+                    prompt_ids,
+                    budget,
+                    request,
+                    watch_close=True,
+                    on_ids=emitted,
+                    cancel=cancel,
+                )
+            forced = why != "close"
+            context = prompt_ids + _strip_eos(reasoning_ids, self.eos_ids)
+            if forced:
+                context += self._close_ids
+                emitted(list(self._close_ids))
+            answer_room = min(request.max_new_tokens, self.context_length - len(context))
+            answer_ids: list[int] = []
+            answer_why = "length"
+            if answer_room > 0:
+                answer_ids, answer_why = self._run(
+                    context,
+                    answer_room,
+                    request,
+                    watch_close=False,
+                    on_ids=emitted,
+                    cancel=cancel,
+                )
         reasoning, answer, _ = split_reasoning(THINK_OPEN + self._decode(completion))
         finish = "budget" if forced else ("stop" if answer_why == "eos" else "length")
         if not answer:
@@ -542,6 +639,7 @@ class TransformersEngine(Engine):
                 "device": str(self.device),
                 "dtype": _dtype_name(self.dtype),
                 "request_id": request.request_id,
+                "batched": self._batcher is not None,
             },
         )
 
@@ -555,22 +653,127 @@ class TransformersEngine(Engine):
         on_ids: Callable[[list[int]], None],
         cancel: threading.Event | None,
     ) -> tuple[list[int], str]:
-        """One model pass for one sequence: (new token ids, why it stopped: close|eos|length).
+        """One decoding pass for one sequence: (new token ids, why it stopped: close|eos|length)."""
+        if self._batcher is not None:
+            return self._run_batched(
+                input_ids,
+                max_new_tokens,
+                request,
+                watch_close=watch_close,
+                on_ids=on_ids,
+                cancel=cancel,
+            )
+        return self._run_alone(
+            input_ids,
+            max_new_tokens,
+            request,
+            watch_close=watch_close,
+            on_ids=on_ids,
+            cancel=cancel,
+        )
 
-        The seam for continuous batching: a batched engine replaces this with a request to its
-        scheduler and keeps the budget-forcing logic of `_complete` as it is.
-        """
+    def _run_alone(
+        self,
+        input_ids: list[int],
+        max_new_tokens: int,
+        request: GenerationRequest,
+        *,
+        watch_close: bool,
+        on_ids: Callable[[list[int]], None],
+        cancel: threading.Event | None,
+    ) -> tuple[list[int], str]:
+        """The one-at-a-time pass: `model.generate` for this sequence alone."""
         assert self.model is not None
         check = _StopCheck(self._decode, request.deadline, cancel, watch_close)
         ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
+        sampling = SamplingProcessor(self.sampler, request.temperature, request.top_p, request.seed)
         output = self.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
-            generation_config=self._generation_config(request, max_new_tokens),
+            generation_config=GenerationConfig(
+                do_sample=False,  # the sampling processor picks the token; generate takes it
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.pad_id,
+            ),
+            logits_processor=LogitsProcessorList([sampling]),
             stopping_criteria=StoppingCriteriaList([_Criteria(check, len(input_ids))]),
             streamer=_Sink(on_ids),
         )
         new_ids = output[0, len(input_ids) :].tolist()
+        return new_ids, self._why(check, new_ids, request)
+
+    def _run_batched(
+        self,
+        input_ids: list[int],
+        max_new_tokens: int,
+        request: GenerationRequest,
+        *,
+        watch_close: bool,
+        on_ids: Callable[[list[int]], None],
+        cancel: threading.Event | None,
+    ) -> tuple[list[int], str]:
+        """The batched pass: join the running batch and follow this sequence's tokens."""
+        assert self._batcher is not None
+        capacity = self._batcher.config.kv_cache_tokens
+        if len(input_ids) + max_new_tokens > capacity:
+            raise ValueError(
+                f"the conversation needs {len(input_ids) + max_new_tokens} tokens of KV cache but "
+                f"the cache holds {capacity} (MIMOCHAT_KV_CACHE_TOKENS); shorten the history"
+            )
+        check = _StopCheck(self._decode, request.deadline, cancel, watch_close)
+        sampling = sampling_kwargs(request.temperature, request.top_p, request.seed)
+        got: list[int] = []
+        offset = 0  # tokens of `got` that the current submission had in its prompt
+        retried = False
+        handle = self._submit(input_ids, max_new_tokens, sampling)
+        try:
+            while True:
+                wait = _WAIT
+                if request.deadline is not None:
+                    wait = min(wait, request.deadline - time.time())
+                update = handle.get(wait)
+                if update is None:
+                    if check([]):
+                        break
+                    continue
+                if update.error is not None:
+                    # A crashed loop takes every request in it down; ours gets one more try,
+                    # from where it was, on a fresh loop.
+                    if isinstance(update.error, BatchCrashed) and not retried and not check([]):
+                        retried = True
+                        log.warning("request %s resubmitted: %s", request.request_id, update.error)
+                        offset = len(got)
+                        handle = self._submit(input_ids + got, max_new_tokens - len(got), sampling)
+                        continue
+                    raise update.error
+                new = update.tokens[len(got) - offset :]
+                fresh: list[int] = []
+                for token in new:
+                    got.append(token)
+                    fresh.append(token)
+                    if watch_close and check(got[-_CLOSE_WINDOW:]):
+                        break
+                if fresh:
+                    on_ids(fresh)
+                if check.closed or check([]):
+                    break
+                if update.finished:
+                    handle.done = True
+                    break
+        finally:
+            handle.cancel()
+        return got, self._why(check, got, request)
+
+    def _submit(self, input_ids: list[int], max_new_tokens: int, sampling: dict) -> Handle:
+        assert self._batcher is not None
+        try:
+            return self._batcher.submit(input_ids, max_new_tokens, **sampling)
+        except BatchCrashed:
+            # The loop died between two requests; the next submission starts a new one.
+            return self._batcher.submit(input_ids, max_new_tokens, **sampling)
+
+    def _why(self, check: _StopCheck, new_ids: list[int], request: GenerationRequest) -> str:
         if check.timed_out:
             raise TimeoutError(
                 f"request {request.request_id or '(no id)'} passed its deadline while generating"
@@ -578,47 +781,15 @@ class TransformersEngine(Engine):
         if check.cancelled:
             raise _Cancelled()
         if check.closed:
-            return new_ids, "close"
+            return "close"
         if new_ids and new_ids[-1] in self.eos_ids:
-            return new_ids, "eos"
-        return new_ids, "length"
-
-    def _generation_config(
-        self, request: GenerationRequest, max_new_tokens: int
-    ) -> GenerationConfig:
-        common = {
-            "max_new_tokens": max_new_tokens,
-            "eos_token_id": self.eos_ids,
-            "pad_token_id": self.pad_id,
-        }
-        if request.temperature <= 0:
-            return GenerationConfig(do_sample=False, **common)
-        # top_k=0 turns off transformers' default top-k of 50: MiMo's recommended sampling is
-        # temperature and top_p alone.
-        return GenerationConfig(
-            do_sample=True,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            top_k=0,
-            **common,
-        )
-
-    @contextlib.contextmanager
-    def _seeded(self, seed: int | None) -> Iterator[None]:
-        if seed is None:
-            yield
-            return
-        # fork_rng restores the global RNG afterwards, so one seeded request does not make
-        # every later unseeded one predictable.
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
+            return "eos"
+        return "length"
 
     # Operations
 
     def info(self) -> dict[str, Any]:
-        """Model, device, dtype, size in parameters and bytes, and GPU memory when on CUDA."""
+        """Model, device, dtype, size in parameters and bytes, batching and GPU memory."""
         out: dict[str, Any] = {
             "engine": self.name,
             "model": self.model_name,
@@ -627,6 +798,7 @@ class TransformersEngine(Engine):
             "dtype": _dtype_name(self.dtype),
             "context_length": self.context_length,
             "load_seconds": round(self.load_seconds, 2),
+            "batching": self._batcher.stats() if self._batcher else "one request at a time",
         }
         model = self.model
         if model is None:
@@ -637,6 +809,7 @@ class TransformersEngine(Engine):
         out["weight_bytes"] = sum(p.numel() * p.element_size() for p in params) + sum(
             b.numel() * b.element_size() for b in model.buffers()
         )
+        out["kv_bytes_per_token"] = kv_bytes_per_token(model.config, self.dtype)
         if self.device.type == "cuda":
             index = self.device.index or 0
             props = torch.cuda.get_device_properties(index)
@@ -650,12 +823,104 @@ class TransformersEngine(Engine):
         return out
 
     def close(self) -> None:
-        """Drop the model and give its GPU memory back."""
+        """Stop the batch loop, drop the model and give its GPU memory back."""
+        if self._batcher is not None:
+            self._batcher.close()
         with self._lock:
             self.model = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes: keys and values of every layer."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.num_hidden_layers * heads * head_dim * itemsize
+
+
+def weight_bytes(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of a Qwen2 model's weights in `dtype`, from its config (MTP layers not loaded)."""
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * (
+        getattr(config, "head_dim", None) or hidden // heads
+    )
+    attention = 2 * hidden * hidden + hidden + 2 * (hidden * kv + kv)  # q, o, q bias; k, v + bias
+    per_layer = attention + 3 * hidden * inter + 2 * hidden
+    embeddings = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2)
+    params = embeddings + layers * per_layer + hidden
+    return params * torch.empty((), dtype=dtype).element_size()
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory this process could still allocate on `device` (GPU free memory, or available RAM)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def plan_kv_cache(
+    wanted_tokens: int,
+    bytes_per_token: int,
+    free_bytes: int,
+    memory_fraction: float,
+    context_length: int,
+    device: str,
+) -> int:
+    """KV cache tokens to allocate: what is wanted, cut to what fits; an error if not one context.
+
+    One full-length conversation must fit, or a long conversation could never be scheduled.
+    """
+    affordable = int(free_bytes * memory_fraction) // max(1, bytes_per_token)
+    if affordable < context_length:
+        raise RuntimeError(
+            f"too little memory on {device} for the KV cache: one conversation of "
+            f"{context_length} tokens needs {_gib(context_length * bytes_per_token)} "
+            f"({bytes_per_token} bytes per token) but {_gib(free_bytes)} is free and "
+            f"MIMOCHAT_KV_CACHE_MEMORY={memory_fraction} of it may be used; lower "
+            "MIMOCHAT_CONTEXT_TOKENS, raise MIMOCHAT_KV_CACHE_MEMORY or use a larger GPU"
+        )
+    if affordable < wanted_tokens:
+        log.warning(
+            "KV cache cut to %d tokens (%.1f full conversations) to fit %s; wanted %d",
+            affordable,
+            affordable / context_length,
+            _gib(int(free_bytes * memory_fraction)),
+            wanted_tokens,
+        )
+    return min(wanted_tokens, affordable)
+
+
+def check_gpu_memory(
+    config: Any, dtype: torch.dtype, device: torch.device, settings: Settings
+) -> None:
+    """Refuse to load when the weights and one conversation's KV cache cannot fit on the GPU."""
+    free = free_memory_bytes(device)
+    context = int(config.max_position_embeddings)
+    if settings.context_tokens > 0:
+        context = min(context, settings.context_tokens)
+    needed = weight_bytes(config, dtype) + context * kv_bytes_per_token(config, dtype)
+    ensure_fits(needed, free, str(device), weight_bytes(config, dtype))
+
+
+def ensure_fits(needed: int, free: int, device: str, weights: int) -> None:
+    """Raise a RuntimeError that says how much memory is needed when `needed` exceeds `free`."""
+    if needed > free:
+        raise RuntimeError(
+            f"too little GPU memory on {device}: the model needs {_gib(needed)} "
+            f"({_gib(weights)} of weights plus the KV cache of one full conversation) "
+            f"but {_gib(free)} is free; free the GPU, lower MIMOCHAT_CONTEXT_TOKENS, "
+            "or use a GPU with more memory"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB"
 
 
 def _check_deadline(request: GenerationRequest) -> None:

@@ -10,6 +10,7 @@ import pytest
 from bot.engine.tiny import ensure_tiny_model
 from bot.engine.transformers_engine import TransformersEngine
 from bot.settings import Settings
+from tests.fake_openai import FakeOpenAI
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,39 @@ def tiny_settings(tiny_data_dir: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_settings: Settings) -> Iterator[TransformersEngine]:
-    """One engine shared by the tests that only read from it."""
-    engine = TransformersEngine(tiny_settings)
+    """One engine running requests one at a time (its `model.generate` can be scripted)."""
+    engine = TransformersEngine(tiny_settings.replace(continuous_batching=False))
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_batched(tiny_settings: Settings) -> Iterator[TransformersEngine]:
+    """One engine with continuous batching, shared by the tests that only read from it."""
+    engine = TransformersEngine(tiny_settings.replace(continuous_batching=True))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny_model_dir: Path) -> Iterator[FakeOpenAI]:
+    """A local OpenAI-compatible server (SSE streaming) backed by the tiny model."""
+    server = FakeOpenAI(tiny_model_dir)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_openai(openai_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The shared server with its knobs reset for one test."""
+    openai_server.reset()
+    yield openai_server
+    openai_server.reset()
+
+
+@pytest.fixture
+def openai_settings(tiny_settings: Settings, fake_openai: FakeOpenAI) -> Settings:
+    """Settings that point the OpenAI backend at the local server."""
+    return tiny_settings.replace(
+        backend="openai", openai_base_url=fake_openai.url, openai_model=fake_openai.model_name
+    )
