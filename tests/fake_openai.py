@@ -9,7 +9,7 @@ transformers engine and a long generation really takes time (and stops when the 
 Knobs a test may set: `reasoning_parser` (True: reasoning in `delta.reasoning_content`, as vLLM
 with `--reasoning-parser`; False: `<think>` tags in `content`), `usage` (continuous usage
 stats), `token_delay` (seconds per token), `script` (text pieces to stream instead of the model,
-one chunk each), `fail_next` (answer the next request with this HTTP status), `break_after`
+one chunk each), `fail_next` (answer the next request, to a path ending with `fail_path`, with this HTTP status), `break_after`
 (drop the connection after this many chunks).
 """
 
@@ -59,6 +59,7 @@ class FakeOpenAI:
         self.token_delay = 0.0
         self.script: list[str] | None = None
         self.fail_next: int | None = None
+        self.fail_path = ""  # fail_next hits only requests to a path ending with this
         self.break_after: int | None = None
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []
@@ -151,7 +152,7 @@ def _handler(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             server.requests.append((self.path, body))
             server.headers.append(dict(self.headers))
-            if server.fail_next is not None:
+            if server.fail_next is not None and self.path.endswith(server.fail_path):
                 status, server.fail_next = server.fail_next, None
                 self._error(status, "injected failure")
                 return

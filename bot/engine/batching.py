@@ -195,8 +195,9 @@ class Batcher:
 
     @staticmethod
     def _stop_manager(manager: Any) -> None:
+        # A hard stop fails what is still in the loop instead of finishing it first.
         with contextlib.suppress(Exception):
-            manager.stop(block=True, timeout=10)
+            manager.stop(block=True, timeout=10, hard_stop=True)
         with contextlib.suppress(Exception):
             manager.destroy()
 

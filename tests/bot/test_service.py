@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 
@@ -87,3 +89,51 @@ def test_failed_generation_apologises_and_is_not_remembered(
     assert result["answer"] == service.APOLOGY_TEXT
     assert progress.read(redis_client, job["job_id"])["state"] == "failed"
     assert service.conversations(settings, redis_client).history("wechat", user) == []
+
+
+class _SmallWindowEngine(Engine):
+    """Counts one token per word and has a 60-token window; records what it was asked."""
+
+    context_length = 60
+
+    def __init__(self) -> None:
+        self.requests: list[GenerationRequest] = []
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return sum(len(m["content"].split()) + 2 for m in messages)
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        self.requests.append(request)
+        return Generation("ok", "", self.count_tokens(request.messages), 0, 1, "stop")
+
+
+def test_answer_trims_history_to_the_window(settings: Settings, redis_client: redis.Redis) -> None:
+    engine = _SmallWindowEngine()
+    budgets = settings.replace(thinking_budget=20, max_new_tokens=10)  # the prompt gets 15 tokens
+    user = unique()
+    for text in ("one two three four", "five six seven eight", "what now"):
+        job = service.make_job(message(user, text))
+        assert service.answer(job, settings=budgets, client=redis_client, engine=engine)["answer"]
+    last = engine.requests[-1]
+    # 15 tokens: the last question (4) and one earlier turn (6 + 3) fit; the oldest went.
+    assert last.messages == [
+        {"role": "user", "content": "five six seven eight"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "what now"},
+    ]
+    assert last.deadline is not None and last.deadline > time.time()
+    # Trimming only shapes the prompt: the stored conversation keeps every turn.
+    assert len(service.conversations(settings, redis_client).history("wechat", user)) == 6
+
+
+def test_a_question_too_long_for_any_window_gets_the_apology(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    engine = _SmallWindowEngine()
+    job = service.make_job(message(unique(), "word"))
+    tiny = settings.replace(thinking_budget=20, max_new_tokens=10)
+    engine.context_length = 0  # nothing fits, not even a cut question
+    result = service.answer(job, settings=tiny, client=redis_client, engine=engine)
+    assert result["answer"] == service.APOLOGY_TEXT
+    assert result["error"] == "ValueError"
+    assert engine.requests == []
