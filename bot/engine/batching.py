@@ -28,14 +28,102 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import AttentionInterface, GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bot.engine.sampling import BatchSamplingList, Sampler
 
 log = logging.getLogger(__name__)
 
 _POLL = 0.05  # seconds the router waits for an output before it checks on the loop
+
+
+# The attention the batch loop runs (see `varlen_sdpa`); registered under its own name, so no
+# other model in the process changes.
+VARLEN_SDPA = "mimochat_varlen_sdpa"
+
+
+def varlen_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """sdpa over a continuous batch sequence by sequence, instead of through one batch mask.
+
+    The batch loop packs every sequence of a step into one row and gives sdpa a block-diagonal
+    mask over all of the step's keys, so each query scores every other sequence's keys too: 16
+    conversations of L tokens cost 16x the attention they need. Here each sequence attends to
+    its own keys only (`cu_seq_lens_q/k` delimit them): the sequences adding one token in one
+    padded call, prefill chunks one by one, causally aligned to their last key. Anything else
+    (a sliding window, a batch dimension) is plain sdpa.
+    """
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if (
+        not isinstance(cu_q, torch.Tensor)
+        or not isinstance(cu_k, torch.Tensor)
+        or query.shape[0] != 1
+        or kwargs.get("sliding_window")
+    ):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    starts_q, starts_k = cu_q.tolist(), cu_k.tolist()
+    heads, total_q, dim = query.shape[1], query.shape[2], query.shape[3]
+    out = query.new_empty(1, heads, total_q, value.shape[-1])
+    decoding: list[tuple[int, int, int]] = []  # (query row, first key, key count)
+    for i in range(len(starts_q) - 1):
+        q0, q1, k0, k1 = starts_q[i], starts_q[i + 1], starts_k[i], starts_k[i + 1]
+        lq, lk = q1 - q0, k1 - k0
+        if lq == 0:
+            continue  # a padding slot
+        if lq == 1:
+            decoding.append((q0, k0, lk))
+            continue
+        mask = None
+        if lq < lk:  # a prefill chunk after cached tokens: causal, aligned to the last key
+            mask = torch.ones(lq, lk, dtype=torch.bool, device=query.device).tril(lk - lq)
+        out[:, :, q0:q1] = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, q0:q1],
+            key[:, :, k0:k1],
+            value[:, :, k0:k1],
+            attn_mask=mask,
+            is_causal=lq == lk,
+            scale=scaling,
+            enable_gqa=True,
+        )
+    if decoding:
+        # One call for every sequence that adds a single token: its keys padded to the longest.
+        rows = torch.tensor([d[0] for d in decoding], device=query.device)
+        firsts = torch.tensor([d[1] for d in decoding], device=query.device)
+        counts = torch.tensor([d[2] for d in decoding], device=query.device)
+        span = torch.arange(int(counts.max()), device=query.device)
+        valid = span[None, :] < counts[:, None]  # [B, K]
+        index = torch.where(valid, firsts[:, None] + span[None, :], 0).flatten()
+        b, k = valid.shape
+        keys = key[0].index_select(1, index).view(key.shape[1], b, k, dim).transpose(0, 1)
+        values = value[0].index_select(1, index).view(value.shape[1], b, k, -1).transpose(0, 1)
+        queries = query[0].index_select(1, rows).transpose(0, 1).unsqueeze(2)  # [B, H, 1, D]
+        attended = torch.nn.functional.scaled_dot_product_attention(
+            queries,
+            keys,
+            values,
+            attn_mask=valid[:, None, None, :],
+            scale=scaling,
+            enable_gqa=True,
+        )
+        out[0, :, rows] = attended.squeeze(2).transpose(0, 1)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(VARLEN_SDPA, varlen_sdpa)
+AttentionMaskInterface.register(VARLEN_SDPA, sdpa_mask)
 
 
 class BatchCrashed(RuntimeError):
@@ -61,7 +149,7 @@ class BatchConfig:
 
     kv_cache_tokens: int
     max_batch_tokens: int = 512
-    page_size: int = 64
+    page_size: int = 16
     max_requests: int | None = None  # per forward pass; None: as many as fit
 
 
@@ -175,13 +263,19 @@ class Batcher:
             # Our sampler keeps per-step rows on the Python side: synchronous steps, no graphs.
             use_cuda_graph=False,
             use_async_batching=False,
-            # The engine loads the model with sdpa; keep the attention it was tested with.
-            auto_switch_to_flash=False,
+            # With flash-attn installed (CUDA) the loop switches to it: varlen kernels, no mask.
+            auto_switch_to_flash=self.model.device.type == "cuda",
             allow_block_sharing=True,
         )
+        # The manager accepts sdpa (or flash) only; once it is built, sdpa becomes our
+        # per-sequence sdpa, which the manager's loop then calls through the model.
+        if self.model.config._attn_implementation == VARLEN_SDPA:
+            self.model.set_attn_implementation("sdpa")
         manager = self.model.init_continuous_batching(
             generation_config=generation_config, continuous_batching_config=cb_config
         )
+        if self.model.config._attn_implementation == "sdpa":
+            self.model.set_attn_implementation(VARLEN_SDPA)
         manager.logit_processor = BatchSamplingList(self.sampler)
         # The loop inherits the starting thread's inference mode: run it without autograd.
         with torch.inference_mode():
@@ -237,7 +331,8 @@ class Batcher:
                 error = BatchCrashed(f"the decode loop crashed: {output.error}")
             else:
                 error = RequestFailed(f"the batch refused this request: {output.error}")
-        handle.updates.put(Update(list(output.generated_tokens), finished, error))
+        # generated_tokens is already a copy made for this output.
+        handle.updates.put(Update(output.generated_tokens, finished, error))
 
     def _crashed(self, generation: int) -> bool:
         """Whether the manager of `generation` died (its loop records the error, then stops)."""

@@ -105,11 +105,14 @@ class _StopCheck:
         deadline: float | None,
         cancel: threading.Event | None,
         watch_close: bool,
+        closers: frozenset[int] | None = None,
     ) -> None:
         self.decode = decode
         self.deadline = deadline
         self.cancel = cancel
         self.watch_close = watch_close
+        # Tokens that can end `</think>` (their text holds ">"); None: any token might.
+        self.closers = closers
         self.timed_out = False
         self.cancelled = False
         self.closed = False
@@ -119,7 +122,12 @@ class _StopCheck:
             self.timed_out = True
         elif self.cancel is not None and self.cancel.is_set():
             self.cancelled = True
-        elif self.watch_close and tail and THINK_CLOSE in self.decode(tail):
+        elif (
+            self.watch_close
+            and tail
+            and (self.closers is None or tail[-1] in self.closers)
+            and THINK_CLOSE in self.decode(tail)
+        ):
             self.closed = True
         return self.timed_out or self.cancelled or self.closed
 
@@ -389,6 +397,7 @@ class TransformersEngine(Engine):
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id
         )
         self._close_ids = self._encode(FORCED_CLOSE)
+        self._closers = _closing_tokens(self.tokenizer)
         self.sampler = Sampler()
         self._batcher: Batcher | None = None
         if settings.continuous_batching:
@@ -593,6 +602,9 @@ class TransformersEngine(Engine):
                 emit(ids)
 
             budget = min(request.thinking_budget, room - len(self._close_ids) - 1)
+            # What the first pass leaves for the second (alone: its KV cache; batched, the
+            # batch's prefix cache does the same).
+            carry: dict[str, Any] = {}
             reasoning_ids: list[int] = []
             why = "length"
             if budget > 0:
@@ -603,6 +615,7 @@ class TransformersEngine(Engine):
                     watch_close=True,
                     on_ids=emitted,
                     cancel=cancel,
+                    carry=carry,
                 )
             forced = why != "close"
             context = prompt_ids + _strip_eos(reasoning_ids, self.eos_ids)
@@ -620,6 +633,7 @@ class TransformersEngine(Engine):
                     watch_close=False,
                     on_ids=emitted,
                     cancel=cancel,
+                    carry=carry,
                 )
         reasoning, answer, _ = split_reasoning(THINK_OPEN + self._decode(completion))
         finish = "budget" if forced else ("stop" if answer_why == "eos" else "length")
@@ -652,6 +666,7 @@ class TransformersEngine(Engine):
         watch_close: bool,
         on_ids: Callable[[list[int]], None],
         cancel: threading.Event | None,
+        carry: dict[str, Any] | None = None,
     ) -> tuple[list[int], str]:
         """One decoding pass for one sequence: (new token ids, why it stopped: close|eos|length)."""
         if self._batcher is not None:
@@ -670,6 +685,7 @@ class TransformersEngine(Engine):
             watch_close=watch_close,
             on_ids=on_ids,
             cancel=cancel,
+            carry=carry if carry is not None else {},
         )
 
     def _run_alone(
@@ -681,12 +697,24 @@ class TransformersEngine(Engine):
         watch_close: bool,
         on_ids: Callable[[list[int]], None],
         cancel: threading.Event | None,
+        carry: dict[str, Any],
     ) -> tuple[list[int], str]:
-        """The one-at-a-time pass: `model.generate` for this sequence alone."""
+        """The one-at-a-time pass: `model.generate` for this sequence alone.
+
+        The second pass of a request continues from the first one's KV cache, cut back to what
+        both passes share, so the prompt and the reasoning are not computed twice.
+        """
         assert self.model is not None
-        check = _StopCheck(self._decode, request.deadline, cancel, watch_close)
+        check = _StopCheck(self._decode, request.deadline, cancel, watch_close, self._closers)
         ids = torch.tensor([input_ids], dtype=torch.long, device=self.device)
         sampling = SamplingProcessor(self.sampler, request.temperature, request.top_p, request.seed)
+        cache = carry.pop("cache", None)
+        if cache is not None:
+            shared = _common_prefix(carry.pop("ids", []), input_ids)
+            # At least the last input token must run, to give the logits of the next one.
+            surplus = cache.get_seq_length() - min(shared, len(input_ids) - 1)
+            if surplus > 0:
+                cache.crop(-surplus)
         output = self.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
@@ -695,12 +723,19 @@ class TransformersEngine(Engine):
                 max_new_tokens=max_new_tokens,
                 eos_token_id=self.eos_ids,
                 pad_token_id=self.pad_id,
+                return_dict_in_generate=True,
             ),
             logits_processor=LogitsProcessorList([sampling]),
             stopping_criteria=StoppingCriteriaList([_Criteria(check, len(input_ids))]),
             streamer=_Sink(on_ids),
+            cache=cache,
         )
-        new_ids = output[0, len(input_ids) :].tolist()
+        sequences = getattr(output, "sequences", output)
+        new_ids = sequences[0, len(input_ids) :].tolist()
+        kept = getattr(output, "cache", None)
+        if kept is not None:
+            # The cache holds every token but the last one generated.
+            carry["cache"], carry["ids"] = kept, (input_ids + new_ids)[: kept.get_seq_length()]
         return new_ids, self._why(check, new_ids, request)
 
     def _run_batched(
@@ -721,7 +756,7 @@ class TransformersEngine(Engine):
                 f"the conversation needs {len(input_ids) + max_new_tokens} tokens of KV cache but "
                 f"the cache holds {capacity} (MIMOCHAT_KV_CACHE_TOKENS); shorten the history"
             )
-        check = _StopCheck(self._decode, request.deadline, cancel, watch_close)
+        check = _StopCheck(self._decode, request.deadline, cancel, watch_close, self._closers)
         sampling = sampling_kwargs(request.temperature, request.top_p, request.seed)
         got: list[int] = []
         offset = 0  # tokens of `got` that the current submission had in its prompt
@@ -926,6 +961,29 @@ def _gib(n: int) -> str:
 def _check_deadline(request: GenerationRequest) -> None:
     if request.deadline is not None and time.time() >= request.deadline:
         raise TimeoutError(f"request {request.request_id or '(no id)'} passed its deadline")
+
+
+def _closing_tokens(tokenizer: Any) -> frozenset[int] | None:
+    """Ids of the tokens whose text contains ">": only they can complete a `</think>`.
+
+    Decoding the tail after every token costs the batch loop's waiting threads GIL time;
+    after most tokens it cannot find the tag. None when the vocabulary cannot be listed.
+    """
+    try:
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    except Exception:  # noqa: BLE001 - an odd tokenizer only costs us the shortcut
+        return None
+    ids = frozenset(i for i, piece in enumerate(pieces) if piece and ">" in piece)
+    return ids or None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _strip_eos(ids: list[int], eos_ids: Sequence[int]) -> list[int]:

@@ -320,3 +320,19 @@ def test_a_second_crash_is_not_retried(
     with pytest.raises(BatchCrashed, match="second"):
         tiny_batched.generate(request())
     assert len(fake.submitted) == 2
+
+
+def test_batched_text_is_the_one_at_a_time_text(
+    tiny_batched: TransformersEngine, tiny_engine: TransformersEngine
+) -> None:
+    """Same seed, same tokens: batching (8 at once), the prefix cache after a forced close, the
+    per-sequence attention and the sampler change how tokens are computed, not which."""
+    requests = [
+        request(seed=i, request_id=f"m{i}", thinking_budget=40, max_new_tokens=20) for i in range(8)
+    ]
+    batched = run_all(tiny_batched, requests)
+    alone = [tiny_engine.generate(r) for r in requests]
+    assert [(g.reasoning, g.answer, g.finish_reason) for g in batched] == [
+        (g.reasoning, g.answer, g.finish_reason) for g in alone
+    ]
+    assert {g.finish_reason for g in alone} >= {"budget"}
