@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
+
+# Before torch loads OpenMP: its worker threads sleep between parallel regions instead of
+# spinning. The batch loop runs beside the task threads; spinning workers took the CPU from
+# them and made CPU decoding several times slower (bench/RESULTS.md). An explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bot.engine.base import Engine, Generation, GenerationRequest, StreamEvent
 from bot.settings import Settings

@@ -43,6 +43,10 @@ _POLL = 0.05  # seconds the router waits for an output before it checks on the l
 # The attention the batch loop runs (see `varlen_sdpa`); registered under its own name, so no
 # other model in the process changes.
 VARLEN_SDPA = "mimochat_varlen_sdpa"
+# Decoding sequences with at most this many keys share one padded sdpa call; longer ones get
+# a call each, since padding copies every key once more (measured on CPU: the copy costs more
+# than the extra calls beyond ~128 keys per sequence).
+PAD_DECODE_KEYS = 128
 
 
 def varlen_sdpa(
@@ -60,9 +64,9 @@ def varlen_sdpa(
     The batch loop packs every sequence of a step into one row and gives sdpa a block-diagonal
     mask over all of the step's keys, so each query scores every other sequence's keys too: 16
     conversations of L tokens cost 16x the attention they need. Here each sequence attends to
-    its own keys only (`cu_seq_lens_q/k` delimit them): the sequences adding one token in one
-    padded call, prefill chunks one by one, causally aligned to their last key. Anything else
-    (a sliding window, a batch dimension) is plain sdpa.
+    its own keys only (`cu_seq_lens_q/k` delimit them): short sequences adding one token in
+    one padded call, others one by one (prefill chunks causally aligned to their last key).
+    Anything else (a sliding window, a batch dimension) is plain sdpa.
     """
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     if (
@@ -98,7 +102,16 @@ def varlen_sdpa(
             scale=scaling,
             enable_gqa=True,
         )
-    if decoding:
+    if decoding and max(d[2] for d in decoding) > PAD_DECODE_KEYS:
+        for q0, k0, lk in decoding:
+            out[:, :, q0 : q0 + 1] = torch.nn.functional.scaled_dot_product_attention(
+                query[:, :, q0 : q0 + 1],
+                key[:, :, k0 : k0 + lk],
+                value[:, :, k0 : k0 + lk],
+                scale=scaling,
+                enable_gqa=True,
+            )
+    elif decoding:
         # One call for every sequence that adds a single token: its keys padded to the longest.
         rows = torch.tensor([d[0] for d in decoding], device=query.device)
         firsts = torch.tensor([d[1] for d in decoding], device=query.device)
@@ -238,6 +251,12 @@ class Batcher:
             )
             self._stop_manager(manager)
             self.restarts += 1
+            # Requests whose failure the router has not read yet learn it now.
+            for h in [h for h in self._handles.values() if h.generation == self._generation]:
+                self._handles.pop(h.request_id, None)
+                h.updates.put(
+                    Update([], True, BatchCrashed(f"the decode loop stopped: {_fatal(manager)}"))
+                )
         self._manager = self._start_manager()
         self._generation += 1
         if self._router is None or not self._router.is_alive():

@@ -336,3 +336,54 @@ def test_batched_text_is_the_one_at_a_time_text(
         (g.reasoning, g.answer, g.finish_reason) for g in alone
     ]
     assert {g.finish_reason for g in alone} >= {"budget"}
+
+
+@pytest.mark.parametrize(
+    ("q_lengths", "k_lengths"),
+    [
+        ([1, 3, 1, 2, 1], [5, 3, 7, 6, 2]),  # short decodes share one padded call
+        ([1, 1, 4], [300, 9, 4]),  # a long decode: one call per sequence
+        ([5], [5]),  # one fresh prefill
+    ],
+)
+def test_per_sequence_attention_equals_the_batch_mask(
+    q_lengths: list[int], k_lengths: list[int]
+) -> None:
+    """varlen_sdpa gives what sdpa gives over the packed batch with its block-diagonal mask."""
+    from itertools import accumulate
+
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from bot.engine.batching import varlen_sdpa
+
+    class Attention(torch.nn.Module):
+        num_key_value_groups = 4
+        is_causal = True
+
+    heads, kv_heads, dim = 8, 2, 16
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads, sum(q_lengths), dim, generator=generator)
+    k = torch.randn(1, kv_heads, sum(k_lengths), dim, generator=generator)
+    v = torch.randn(1, kv_heads, sum(k_lengths), dim, generator=generator)
+    mask = torch.full((sum(q_lengths), sum(k_lengths)), float("-inf"))
+    q0 = k0 = 0
+    for lq, lk in zip(q_lengths, k_lengths, strict=True):
+        for i in range(lq):
+            mask[q0 + i, k0 : k0 + lk - lq + i + 1] = 0  # causal, aligned to the last key
+        q0, k0 = q0 + lq, k0 + lk
+    cu_q = torch.tensor([0, *accumulate(q_lengths)], dtype=torch.int32)
+    cu_k = torch.tensor([0, *accumulate(k_lengths)], dtype=torch.int32)
+    expected, _ = sdpa_attention_forward(Attention(), q, k, v, mask[None, None], scaling=dim**-0.5)
+    got, _ = varlen_sdpa(
+        Attention(),
+        q,
+        k,
+        v,
+        mask[None, None],
+        scaling=dim**-0.5,
+        cu_seq_lens_q=cu_q,
+        cu_seq_lens_k=cu_k,
+    )
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5)
