@@ -215,6 +215,13 @@ class Batcher:
         self._closed = False
         self.restarts = 0  # loops replaced after they died
 
+    def start(self) -> None:
+        """Start the loop now (the worker does, so that memory problems show at startup)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            self._running_manager()
+
     # Submitting
 
     def submit(self, input_ids: list[int], max_new_tokens: int, **sampling: Any) -> Handle:
@@ -296,9 +303,16 @@ class Batcher:
         if self.model.config._attn_implementation == "sdpa":
             self.model.set_attn_implementation(VARLEN_SDPA)
         manager.logit_processor = BatchSamplingList(self.sampler)
-        # The loop inherits the starting thread's inference mode: run it without autograd.
-        with torch.inference_mode():
-            manager.start()
+        try:
+            # Allocates the paged cache here, so a cache that does not fit fails now, loudly,
+            # instead of inside the loop's thread.
+            manager.warmup()
+        except MemoryError as exc:
+            raise RuntimeError(
+                f"the KV cache of {cfg.kv_cache_tokens} tokens does not fit: {exc}; lower "
+                "MIMOCHAT_KV_CACHE_TOKENS or MIMOCHAT_KV_CACHE_MEMORY"
+            ) from exc
+        _start_as_daemon(manager)
         log.info(
             "continuous batching started: %d KV tokens, %d tokens per step",
             cfg.kv_cache_tokens,
@@ -418,6 +432,30 @@ class Batcher:
             h.updates.put(Update([], True, RuntimeError("the engine is closed")))
         if manager is not None:
             self._stop_manager(manager)
+
+
+def _start_as_daemon(manager: Any) -> None:
+    """Start the manager's loop thread as a daemon, so that it never keeps the process alive.
+
+    The manager makes a plain (non-daemon) thread, and Python waits for those at exit before it
+    runs any atexit hook: a worker that never closed its engine would hang on shutdown. A new
+    thread inherits daemon status from the thread that creates it, so a daemon starts it.
+    The loop also inherits the starter's inference mode: no autograd.
+    """
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with torch.inference_mode():
+                manager.start()
+        except BaseException as exc:  # handed to the caller below
+            failure.append(exc)
+
+    starter = threading.Thread(target=start, name="mimochat-cb-start", daemon=True)
+    starter.start()
+    starter.join()
+    if failure:
+        raise failure[0]
 
 
 def kv_holders(cache: Any) -> set[str]:

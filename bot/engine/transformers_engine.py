@@ -411,6 +411,7 @@ class TransformersEngine(Engine):
                 ),
                 self.sampler,
             )
+            self._batcher.start()
         log.info(
             "loaded %s on %s (%s) in %.1f s; %s",
             self.model_name,

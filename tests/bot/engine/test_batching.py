@@ -387,3 +387,25 @@ def test_per_sequence_attention_equals_the_batch_mask(
     )
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_a_process_that_never_closes_its_engine_still_exits(tiny_data_dir: Any) -> None:
+    """The batch loop's thread must not keep a worker alive at shutdown."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "from bot.engine import get_engine\n"
+        "from bot.engine.base import GenerationRequest\n"
+        "from bot.settings import Settings\n"
+        f"engine = get_engine(Settings(model='tiny', data_dir={str(tiny_data_dir)!r}, device='cpu'))\n"
+        "request = GenerationRequest([{'role': 'user', 'content': 'hi'}], 4, 4)\n"
+        "print(engine.generate(request).finish_reason)\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in {"stop", "length", "budget", "empty"}
