@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 REPLY_MODES = ("auto", "customer_service", "passive")
+WECOM_SCOPES = ("user_in_group", "group", "user")
 BACKENDS = ("transformers", "openai")
 SECRET_FIELDS = frozenset(
     {"wechat_app_secret", "wechat_aes_key", "wecom_bot_aes_key", "admin_token", "openai_api_key"}
@@ -46,6 +47,47 @@ class Settings:
     wecom_bot_token: str = _setting("WECOM_BOT_TOKEN", "", "Token of the WeCom intelligent robot.")
     wecom_bot_aes_key: str = _setting(
         "WECOM_BOT_AES_KEY", "", "EncodingAESKey of the WeCom intelligent robot."
+    )
+    wecom_bot_name: str = _setting(
+        "WECOM_BOT_NAME",
+        "",
+        "The robot's display name, stripped from questions wherever `@name` appears; "
+        "empty: only leading @mentions are stripped.",
+    )
+    wecom_session_scope: str = _setting(
+        "WECOM_SESSION_SCOPE",
+        "user_in_group",
+        "Whose thread a group question joins: user_in_group (each person's own thread in "
+        "each group) | group (one thread per group) | user (one thread per person everywhere).",
+    )
+    wecom_group_allowlist: str = _setting(
+        "WECOM_GROUP_ALLOWLIST",
+        "",
+        "Comma-separated group chat ids the robot answers in; empty: every group.",
+    )
+    wecom_show_reasoning: bool = _setting(
+        "WECOM_SHOW_REASONING", True, "Show the model's reasoning as a collapsible <think> block."
+    )
+    wecom_max_in_flight: int = _setting(
+        "WECOM_MAX_IN_FLIGHT",
+        3,
+        "Questions one person may have in progress at once (WeCom allows 3); more get a notice.",
+    )
+    wecom_stream_window: float = _setting(
+        "WECOM_STREAM_WINDOW",
+        330.0,
+        "Seconds after a question when an unfinished stream is closed and the answer goes to "
+        "response_url instead (WeCom stops refreshing at 360).",
+    )
+    wecom_fallback_grace: float = _setting(
+        "WECOM_FALLBACK_GRACE",
+        10.0,
+        "Seconds a finished answer waits for a stream refresh before it goes to response_url.",
+    )
+    wecom_sandbox_refresh_interval: float = _setting(
+        "WECOM_SANDBOX_REFRESH_INTERVAL",
+        1.0,
+        "Seconds between the sandbox WeCom's stream refreshes (demo and tests only).",
     )
     # Infrastructure
     redis_url: str = _setting(

@@ -18,6 +18,8 @@ GPU_QUEUE = "gpu"
 IO_QUEUE = "io"
 GENERATE = "mimochat.generate"
 DELIVER = "mimochat.deliver"
+WECOM_GENERATE = "mimochat.wecom.generate"
+WECOM_CHECK = "mimochat.wecom.check"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -37,7 +39,12 @@ def make_celery(settings: Settings) -> Celery:
             Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (GPU_QUEUE, IO_QUEUE)
         ],
         task_default_queue=IO_QUEUE,
-        task_routes={GENERATE: {"queue": GPU_QUEUE}, DELIVER: {"queue": IO_QUEUE}},
+        task_routes={
+            GENERATE: {"queue": GPU_QUEUE},
+            DELIVER: {"queue": IO_QUEUE},
+            WECOM_GENERATE: {"queue": GPU_QUEUE},
+            WECOM_CHECK: {"queue": IO_QUEUE},
+        },
         task_create_missing_queues=False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
@@ -51,10 +58,11 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
         enable_utc=True,
     )
-    from tasks import deliver, generate
+    from tasks import deliver, generate, wecom
 
     generate.register(app, settings)
     deliver.register(app, settings)
+    wecom.register(app, settings)
     return app
 
 
@@ -77,3 +85,7 @@ class Producer:
     def delivery(self, result: dict) -> None:
         """Put one delivery job on the io queue (raises Unavailable if Redis is down)."""
         self._send(DELIVER, result, IO_QUEUE)
+
+    def wecom_generation(self, job: dict) -> None:
+        """Put one WeCom question on the gpu queue (raises Unavailable if Redis is down)."""
+        self._send(WECOM_GENERATE, job, GPU_QUEUE)

@@ -20,7 +20,16 @@ from werkzeug.serving import make_server
 
 from bot.settings import Settings
 from bot.store import connect, start_embedded
-from tests.helpers import AES_KEY, APP_ID, APP_SECRET, TOKEN, free_port, with_db
+from tests.helpers import (
+    AES_KEY,
+    APP_ID,
+    APP_SECRET,
+    TOKEN,
+    WECOM_AES_KEY,
+    WECOM_TOKEN,
+    free_port,
+    with_db,
+)
 from webhooks import create_app
 
 
@@ -59,6 +68,9 @@ def base_settings(data_dir: Path, redis_url: str) -> Settings:
         max_new_tokens=16,
         gpu_concurrency=4,
         log_level="INFO",
+        wecom_bot_token=WECOM_TOKEN,
+        wecom_bot_aes_key=WECOM_AES_KEY,
+        wecom_sandbox_refresh_interval=0.2,
     )
 
 

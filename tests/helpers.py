@@ -14,6 +14,9 @@ APP_ID = "wx00112233445566ff"
 APP_SECRET = "test-secret-00112233445566778899"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 ACCOUNT = "gh_test_account"
+# WeCom's published callback sample (token, EncodingAESKey): the robot under test uses them.
+WECOM_TOKEN = "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo"
+WECOM_AES_KEY = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt"
 
 
 def free_port() -> int:
