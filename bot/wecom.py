@@ -89,7 +89,7 @@ class Reply:
 def strip_mention(text: str, bot_name: str = "") -> str:
     """The question without the @mention of the robot (its name anywhere, else a leading one)."""
     if bot_name:
-        text = re.sub(rf"@{re.escape(bot_name)}(?={_WS}|$){_WS}*", " ", text)
+        text = re.sub(rf"@{re.escape(bot_name)}(?={_WS}|$){_WS}*", "", text)
     else:
         text = _LEADING_MENTION.sub("", text, count=1)
     return text.replace("\u2005", " ").strip()

@@ -196,6 +196,7 @@ def send():  # noqa: ANN201
     msg_id = str(body.get("msgid") or new_msgid())
     base = request.host_url.rstrip("/")
     code = secrets.token_urlsafe(16)
+    response_url = f"{base}/sandbox/wecom/response?response_code={code}"
     s.redis.hset(
         key("sandbox", "wecom", "response", code),
         mapping={"chat": chat, "userid": user, "msgid": msg_id, "created": f"{time.time():.3f}"},
@@ -207,7 +208,7 @@ def send():  # noqa: ANN201
         content=text,
         chat_id=chat_id,
         msg_id=msg_id,
-        response_url=f"{base}/sandbox/wecom/response?response_code={code}",
+        response_url=response_url,
         quote=str(body.get("quote") or ""),
         event=str(body.get("eventtype") or "enter_chat"),
     )
@@ -232,7 +233,9 @@ def send():  # noqa: ANN201
             daemon=True,
         )
         thread.start()
-    return jsonify(chat=chat, msgid=msg_id, stream_id=stream_id, replies=replies)
+    return jsonify(
+        chat=chat, msgid=msg_id, stream_id=stream_id, replies=replies, response_url=response_url
+    )
 
 
 @bp.post("/response")

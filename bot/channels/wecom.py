@@ -171,7 +171,7 @@ def _text_of(kind: str, body: dict) -> tuple[str, int]:
     if kind in ("text", "voice"):  # voice: WeCom's transcript
         return _str(_obj(body, kind), "content"), 0
     if kind == "mixed":
-        items = _obj(body, "mixed").get("msg_item") or []
+        items = _obj(body, "mixed").get("msg_item", [])
         if not isinstance(items, list):
             raise ProtocolError(400, '"mixed.msg_item" must be a list')
         texts, pictures = [], 0
