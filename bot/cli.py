@@ -27,6 +27,8 @@ DEMO_ENV = {
     "MIMOCHAT_THINKING_BUDGET": "48",
     "MIMOCHAT_MAX_NEW_TOKENS": "48",
     "MIMOCHAT_GPU_CONCURRENCY": "4",
+    "WECOM_BOT_TOKEN": "mimochatdemo",
+    "WECOM_BOT_AES_KEY": "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
 }
 
 log = logging.getLogger("mimochat")
@@ -56,7 +58,9 @@ def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
         print(f"  {name}={value}")
     if settings.sandbox:
         print(f"  sandbox outbox: http://{host}:{port}/sandbox/wechat/outbox?touser=USER")
-        print('  try: mimochat send "What is 2+2?"\n')
+        print('  try: mimochat send "What is 2+2?"')
+        print(f"  WeCom group sandbox: POST http://{host}:{port}/sandbox/wecom/send")
+        print(f"    then GET http://{host}:{port}/sandbox/wecom/chat?chatid=sandbox_group\n")
     sup = Supervisor(env=env)
     sup.add("worker", worker_argv("gpu,io", settings.gpu_concurrency, "mimochat"), restart=True)
     sup.add("web", web_argv(host, port), restart=False)

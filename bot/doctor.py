@@ -7,7 +7,7 @@ import binascii
 import re
 from dataclasses import asdict, dataclass
 
-from bot.settings import BACKENDS, REPLY_MODES, Settings
+from bot.settings import BACKENDS, REPLY_MODES, WECOM_SCOPES, Settings
 from bot.store import connect, resolve_url
 
 
@@ -93,6 +93,32 @@ def settings_checks(s: Settings) -> list[Check]:
     return out
 
 
+def wecom_checks(s: Settings) -> list[Check]:
+    """The WeCom robot's settings, when it is configured at all."""
+    if not (s.wecom_bot_token or s.wecom_bot_aes_key):
+        return [Check("WECOM_BOT", True, "not configured: /wecom answers 404")]
+    token_ok = bool(re.fullmatch(r"[A-Za-z0-9]{3,32}", s.wecom_bot_token))
+    problem = aes_key_problem(s.wecom_bot_aes_key)
+    scope_ok = s.wecom_session_scope in WECOM_SCOPES
+    return [
+        Check(
+            "WECOM_BOT_TOKEN",
+            token_ok,
+            "set" if token_ok else "must be 3-32 letters or digits, as in the robot's settings",
+        ),
+        Check(
+            "WECOM_BOT_AES_KEY",
+            problem is None,
+            "set" if problem is None else f"EncodingAESKey {problem}",
+        ),
+        Check(
+            "WECOM_SESSION_SCOPE",
+            scope_ok,
+            s.wecom_session_scope if scope_ok else f"must be one of {', '.join(WECOM_SCOPES)}",
+        ),
+    ]
+
+
 def redis_check(s: Settings) -> Check:
     """Redis answers a PING."""
     try:
@@ -106,4 +132,4 @@ def redis_check(s: Settings) -> Check:
 
 def run_checks(s: Settings) -> list[Check]:
     """All checks, settings first."""
-    return [*settings_checks(s), redis_check(s)]
+    return [*settings_checks(s), *wecom_checks(s), redis_check(s)]
