@@ -93,6 +93,22 @@ class Stack:
             time.sleep(0.1)
         raise AssertionError(f"{user} got {len(self.outbox(user))} message(s), wanted {count}")
 
+    def open_window(self, user: str) -> None:
+        """Open the user's customer-service window, as a message from them would."""
+        requests.post(
+            f"{self.url}/sandbox/wechat/window", json={"user": user}, timeout=5
+        ).raise_for_status()
+
+    def say(self, user: str, content: str, **extra: object) -> dict:
+        """The user sends a message; the sandbox posts it as WeChat would (with retries)."""
+        res = requests.post(
+            f"{self.url}/sandbox/wechat/user",
+            json={"user": user, "content": content, **extra},
+            timeout=60,
+        )
+        res.raise_for_status()
+        return res.json()
+
     def plan_faults(self, faults: list[dict]) -> None:
         """Make the sandbox fail the next API calls as planned."""
         requests.post(

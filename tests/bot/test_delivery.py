@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import requests
 
-from bot.delivery import WECHAT_TEXT_LIMIT, deliver, wechat_parts
+from bot.delivery import deliver, wechat_parts
+from bot.mailbox import PART_LIMIT
+from bot.reply_mode import ServiceWindow
 from bot.store import connect
 from bot.wechat_api import WeChatAPI, WeChatAPIError
-from tests.helpers import unique
+from tests.helpers import unique, user_with_window
 
 
 def outbox(base: str, user: str) -> list[str]:
@@ -20,7 +22,7 @@ def test_parts_fit_the_limit() -> None:
     answer = "\n\n".join(f"第{i}段：" + "这是一个很长的句子。" * 40 for i in range(6))
     parts = wechat_parts(answer)
     assert len(parts) > 1
-    assert all(len(p.encode()) <= WECHAT_TEXT_LIMIT for p in parts)
+    assert all(len(p.encode()) <= PART_LIMIT for p in parts)
     assert parts[0].startswith(f"(1/{len(parts)})")
 
 
@@ -32,7 +34,8 @@ def test_markdown_reduced_to_plain_text() -> None:
 def test_retried_delivery_never_repeats_a_part(live_sandbox) -> None:  # noqa: ANN001
     base, settings = live_sandbox
     r = connect(settings.redis_url)
-    api, user = WeChatAPI(settings, r), unique()
+    api, user = WeChatAPI(settings, r), user_with_window(base)
+    ServiceWindow(settings, r, user).open()  # the webhook does this when the user writes
     result = {
         "job_id": unique("job"),
         "channel": "wechat",
@@ -41,15 +44,15 @@ def test_retried_delivery_never_repeats_a_part(live_sandbox) -> None:  # noqa: A
     }
     expected = wechat_parts(result["answer"])
     assert len(expected) == 3
-    api.send_text(unique(), "warm the token")
+    api.send_text(user_with_window(base), "warm the token")
     # The second part fails with a 5xx: the first is recorded as sent.
     requests.post(
         f"{base}/sandbox/wechat/faults", json=[{}, {"status": 503}], timeout=5
     ).raise_for_status()
     with pytest.raises(WeChatAPIError):
-        deliver(result, client=r, api=api)
+        deliver(result, settings=settings, client=r, api=api)
     assert outbox(base, user) == expected[:1]
-    summary = deliver(result, client=r, api=api)  # the retry
+    summary = deliver(result, settings=settings, client=r, api=api)  # the retry
     assert summary["sent_now"] == 2
-    deliver(result, client=r, api=api)  # a redelivered task after success
+    deliver(result, settings=settings, client=r, api=api)  # a redelivered task after success
     assert outbox(base, user) == expected
