@@ -223,8 +223,11 @@ def answer(job: Job, *, settings: Settings, client: redis.Redis, engine: Engine)
         top_p=settings.top_p,
         request_id=job["request_id"],
     )
-    if settings.generation_delay:
-        time.sleep(settings.generation_delay)
+    delay = settings.generation_delay
+    if settings.sandbox:  # the sandbox can slow answers down on purpose (console, tests)
+        delay += float(client.get(key("sandbox", "engine-delay")) or 0)
+    if delay:
+        time.sleep(delay)
     result: Job = {
         "job_id": job["job_id"],
         "request_id": job["request_id"],

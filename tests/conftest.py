@@ -50,7 +50,9 @@ def base_settings(data_dir: Path, redis_url: str) -> Settings:
         wechat_app_id=APP_ID,
         wechat_app_secret=APP_SECRET,
         wechat_aes_key=AES_KEY,
-        wechat_reply_mode="customer_service",
+        wechat_reply_mode="auto",
+        wechat_passive_wait=1.5,  # WeChat's 4.5 s / 5 s, shortened so passive tests run fast
+        wechat_platform_timeout=2.0,
         redis_url=redis_url,
         data_dir=str(data_dir),
         model="tiny",

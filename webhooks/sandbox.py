@@ -193,6 +193,18 @@ def account():  # noqa: ANN201
     return jsonify(verified=verified == "1")
 
 
+@bp.post("/engine")
+def engine_delay():  # noqa: ANN201
+    """Slow every answer down on purpose: {"delay": seconds} (0 to stop)."""
+    body = _json_body() or {}
+    try:
+        delay = max(0.0, float(body.get("delay", 0)))
+    except (TypeError, ValueError):
+        return jsonify(error="delay must be a number of seconds"), 400
+    services().redis.set(key("sandbox", "engine-delay"), delay)
+    return jsonify(delay=delay)
+
+
 @bp.post("/window")
 def window():  # noqa: ANN201
     """Open a user's customer-service window as a user message would, without forwarding one."""
