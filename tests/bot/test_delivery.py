@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import requests
 
-from bot.delivery import deliver, wechat_parts
-from bot.mailbox import PART_LIMIT
+from bot.delivery import deliver, typing, wechat_parts
+from bot.mailbox import PART_LIMIT, Mailbox
+from bot.progress import ProgressWriter
 from bot.reply_mode import ServiceWindow
 from bot.store import connect
 from bot.wechat_api import WeChatAPI, WeChatAPIError
@@ -56,3 +57,35 @@ def test_retried_delivery_never_repeats_a_part(live_sandbox) -> None:  # noqa: A
     assert summary["sent_now"] == 2
     deliver(result, settings=settings, client=r, api=api)  # a redelivered task after success
     assert outbox(base, user) == expected
+
+
+def test_closed_window_parks_the_answer_for_the_next_message(live_sandbox) -> None:  # noqa: ANN001
+    """WeChat answers 45015 (our window bookkeeping said open, WeChat's is closed): nothing lost."""
+    base, settings = live_sandbox
+    r = connect(settings.redis_url)
+    user = unique()  # never wrote to the sandbox: its window is closed
+    ServiceWindow(settings, r, user).open()
+    result = {
+        "job_id": unique("job"),
+        "channel": "wechat",
+        "user": user,
+        "answer": "late",
+        "question": "q",
+    }
+    summary = deliver(result, settings=settings, client=r, api=WeChatAPI(settings, r))
+    assert summary["parked"] == 1
+    assert outbox(base, user) == []
+    assert Mailbox(r, "wechat", user, 60).take(PART_LIMIT)[0] == "late"
+
+
+def test_typing_shown_while_the_job_runs(live_sandbox) -> None:  # noqa: ANN001
+    base, settings = live_sandbox
+    r = connect(settings.redis_url)
+    user = user_with_window(base)
+    job = {"job_id": unique("job"), "user": user}
+    api = WeChatAPI(settings, r)
+    assert typing(job, settings=settings, client=r, api=api) is True
+    ProgressWriter(r, job["job_id"]).finish("done", "")
+    assert typing(job, settings=settings, client=r, api=api) is False  # answered: stop showing it
+    shown = r.lrange(f"mimochat:sandbox:typing:{user}", 0, -1)
+    assert len(shown) == 1 and "Typing" in shown[0]
