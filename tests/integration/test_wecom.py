@@ -19,7 +19,7 @@ from bot import wecom
 from bot.settings import Settings
 from tests.conftest import Stack
 from tests.helpers import unique
-from tests.integration.conftest import running_stack
+from tests.integration.conftest import StackSpec, running_stacks
 
 pytestmark = pytest.mark.integration
 
@@ -27,36 +27,39 @@ Chat = dict
 
 
 @pytest.fixture(scope="module")
-def group_stack(
+def wecom_stacks(
     base_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    """One thread per group; answers that take a few seconds (a 1 s queue delay, longer text)."""
-    with running_stack(
-        base_settings,
+) -> Iterator[list[Stack]]:
+    """Two stacks of WeCom settings that cannot share one process, started together."""
+    group = StackSpec(
         2,
         tmp_path_factory.mktemp("group-stack"),
-        wecom_session_scope="group",
-        thinking_budget=128,
-        max_new_tokens=48,
-        generation_delay=1.0,
-    ) as stack:
-        yield stack
-
-
-@pytest.fixture(scope="module")
-def window_stack(
-    base_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    """A 1 s stream window and answers that need 2 s: every answer outlives its stream."""
-    with running_stack(
-        base_settings,
+        # One thread per group; answers that take a few seconds (a 1 s delay, longer text).
+        {
+            "wecom_session_scope": "group",
+            "thinking_budget": 128,
+            "max_new_tokens": 48,
+            "generation_delay": 1.0,
+        },
+    )
+    window = StackSpec(
         3,
         tmp_path_factory.mktemp("window-stack"),
-        wecom_stream_window=1.0,
-        wecom_fallback_grace=0.5,
-        generation_delay=2.0,
-    ) as stack:
-        yield stack
+        # A 1 s stream window and answers that need 2 s: every answer outlives its stream.
+        {"wecom_stream_window": 1.0, "wecom_fallback_grace": 0.5, "generation_delay": 2.0},
+    )
+    with running_stacks(base_settings, [group, window]) as stacks:
+        yield stacks
+
+
+@pytest.fixture
+def group_stack(wecom_stacks: list[Stack]) -> Stack:
+    return wecom_stacks[0]
+
+
+@pytest.fixture
+def window_stack(wecom_stacks: list[Stack]) -> Stack:
+    return wecom_stacks[1]
 
 
 def send(stack: Stack, **body: object) -> dict:
@@ -193,9 +196,9 @@ def test_fourth_concurrent_question_gets_the_notice(group_stack: Stack) -> None:
     assert first_replies[3]["content"] == wecom.BUSY_TEXT.format(n=3)
     other = send(group_stack, chatid=group, userid="gina", text="me too")
     assert other["replies"][0]["finish"] is False  # the limit is per person
-    wait_chat(group_stack, group, finished(*(r["stream_id"] for r in results[:3])))
+    wait_chat(group_stack, group, finished(results[0]["stream_id"]))
     again = send(group_stack, chatid=group, userid="frank", text="one more")
-    assert again["replies"][0]["finish"] is False  # finished answers free the slots
+    assert again["replies"][0]["finish"] is False  # a finished answer frees its slot
 
 
 def test_stream_window_fallback_posts_to_response_url(window_stack: Stack) -> None:
