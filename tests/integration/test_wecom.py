@@ -34,12 +34,13 @@ def wecom_stacks(
     group = StackSpec(
         2,
         tmp_path_factory.mktemp("group-stack"),
-        # One thread per group; answers that take a few seconds (a 1 s delay, longer text).
+        # One thread per group; answers that take seconds (longer text, a 0.5 s queue delay), so
+        # a stream shows several steps and a person's questions stay in flight for a while.
         {
             "wecom_session_scope": "group",
             "thinking_budget": 128,
             "max_new_tokens": 48,
-            "generation_delay": 1.0,
+            "generation_delay": 0.5,
         },
     )
     window = StackSpec(
