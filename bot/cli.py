@@ -57,7 +57,8 @@ def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
     if settings.sandbox:
         print(f"  sandbox outbox: http://{host}:{port}/sandbox/wechat/outbox?touser=USER")
         print('  try: mimochat send "What is 2+2?"\n')
-    sup = Supervisor(env=env)
+    # Workers get their own grace (running generations) plus time to hand jobs back.
+    sup = Supervisor(env=env, grace=settings.shutdown_grace + 10)
     sup.add("worker", worker_argv("gpu,io", settings.gpu_concurrency, "mimochat"), restart=True)
     sup.add("web", web_argv(host, port), restart=False)
     return sup.run()

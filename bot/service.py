@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from bot import commands, jobs
+from bot import commands, jobs, logs
 from bot.conversations import Conversations
 from bot.engine.base import Engine, Generation, GenerationRequest
 from bot.messages import IncomingMessage, new_id
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 Job = dict[str, Any]
 Enqueue = Callable[[Job], None]
 
+BUSY_TEXT = (
+    "I'm answering a lot of questions right now. Please ask again in a minute. "
+    "现在提问的人太多了，请一分钟后再问我一次。"
+)
 APOLOGY_TEXT = (
     "Sorry, something went wrong while I was thinking about that. Please ask again in a moment. "
     "抱歉，我刚才出了点问题，请稍后再问一次。"
@@ -40,6 +44,11 @@ class Decision:
     reply: str | None = None
     job: Job | None = None
     duplicate: bool = False
+    busy: bool = False  # the queue was full: the reply says so and nothing was enqueued
+
+
+class QueueFull(Exception):
+    """Raised by an enqueue function when too many questions already wait for a GPU."""
 
 
 def conversations(settings: Settings, client: redis.Redis) -> Conversations:
@@ -51,16 +60,29 @@ def ingest(
     message: IncomingMessage, *, settings: Settings, client: redis.Redis, enqueue: Enqueue
 ) -> Decision:
     """Deduplicate, answer what needs no model, and enqueue the rest (durably, before acking)."""
+    logs.bind(request_id=message.request_id)
+    logs.stage(
+        "received",
+        channel=message.channel,
+        user=message.user,
+        kind=message.kind,
+        msg_id=message.msg_id,
+        text=message.content,
+    )
     dedup_key = key("dedup", message.channel, message.dedup_key)
     if not client.set(dedup_key, message.request_id, nx=True, ex=settings.dedup_ttl):
         log.info("duplicate %s message %s ignored", message.channel, message.dedup_key)
         return Decision(duplicate=True)
     try:
-        return _decide(message, settings, client, enqueue)
+        decision = _decide(message, settings, client, enqueue)
     except Exception:
         # Not acknowledged: let WeChat's retry try again instead of finding a stale claim.
         client.delete(dedup_key)
         raise
+    if decision.busy:
+        # Not enqueued, so not seen: a retry of this message may go through once there is room.
+        client.delete(dedup_key)
+    return decision
 
 
 def _decide(
@@ -86,7 +108,11 @@ def _decide(
         store.reset(message.channel, message.user)
         return Decision(reply=commands.RESET_TEXT)
     job = make_job(message)
-    enqueue(job)
+    try:
+        enqueue(job)
+    except QueueFull as exc:
+        logs.stage("busy", channel=message.channel, user=message.user, reason=str(exc))
+        return Decision(reply=BUSY_TEXT, busy=True)
     jobs.record(
         client,
         job["job_id"],

@@ -17,6 +17,7 @@ from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 from wechatpy.session.redisstorage import RedisStorage
 
+from bot import logs, metrics
 from bot.settings import Settings
 from bot.store import key
 
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})  # invalid / malformed / expired access token
 TRANSIENT_ERRORS = frozenset({-1, 45009, 45011})  # system busy, API rate limits
-HTTP_TIMEOUT = 10.0
 
 
 class WeChatAPIError(Exception):
@@ -45,7 +45,7 @@ class _Client(WeChatClient):
             settings.wechat_app_id,
             settings.wechat_app_secret,
             session=storage,
-            timeout=HTTP_TIMEOUT,
+            timeout=settings.wechat_timeout,
             auto_retry=False,  # wechatpy's retry recurses without bound; WeChatAPI retries once
         )
         self.API_BASE_URL = api.base + "cgi-bin/"
@@ -71,7 +71,9 @@ class WeChatAPI:
 
     def current_token(self) -> str | None:
         """The shared token, if one is stored and not expired."""
-        return self.client.session.get(self.client.access_token_key)
+        token = self.client.session.get(self.client.access_token_key)
+        logs.add_secret(token)  # fetched by another process: masked in this one's logs too
+        return token
 
     def refresh_token(self, stale: str | None) -> str:
         """Fetch a new token unless another process already replaced `stale`."""
@@ -87,7 +89,7 @@ class WeChatAPI:
                         "appid": self.settings.wechat_app_id,
                         "secret": self.settings.wechat_app_secret,
                     },
-                    timeout=HTTP_TIMEOUT,
+                    timeout=self.settings.wechat_timeout,
                 )
                 res.raise_for_status()
                 data = res.json()
@@ -99,6 +101,8 @@ class WeChatAPI:
                 code = int(data["errcode"])
                 raise WeChatAPIError(code, str(data.get("errmsg", "")), code in TRANSIENT_ERRORS)
             token = data["access_token"]
+            logs.add_secret(token)  # never printed, whatever logs it later
+            metrics.TOKEN_REFRESHES.inc()
             # Expire a little early so no call goes out with a token WeChat just dropped.
             ttl = max(60, int(data.get("expires_in", 7200)) - 300)
             self.client.session.set(self.client.access_token_key, token, ttl)

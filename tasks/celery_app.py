@@ -9,8 +9,9 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
+from bot.service import QueueFull
 from bot.settings import Settings
-from bot.store import Unavailable, celery_url, resolve_url
+from bot.store import Unavailable, celery_url, connect, resolve_url
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def make_celery(settings: Settings) -> Celery:
         task_create_missing_queues=False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            **restore_sweep(settings.visibility_timeout),
             "socket_connect_timeout": 1,
             "socket_timeout": 5,
         },
@@ -58,11 +60,31 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def restore_sweep(visibility_timeout: int) -> dict[str, int]:
+    """How often workers look for jobs whose worker died: about a tenth of the timeout.
+
+    kombu's default sweep runs every ~100 s, which would leave a short timeout (a test's, or a
+    deployment of fast generations) waiting far longer than it says.
+    """
+    period = max(1, min(100, visibility_timeout // 10))
+    interval = min(10, period)
+    return {"unacked_restore_interval": interval, "unacked_restore_throttle": period // interval}
+
+
 class Producer:
     """What the webhook uses to enqueue: publishes durably or raises (then the webhook says 503)."""
 
     def __init__(self, settings: Settings) -> None:
         self.app = make_celery(settings)
+        self.max_queue = settings.max_queue
+        self._url = resolve_url(settings)
+        self._redis: redis.Redis | None = None
+
+    def queue_length(self, queue: str = GPU_QUEUE) -> int:
+        """Jobs waiting in a queue (not yet taken by a worker)."""
+        if self._redis is None:
+            self._redis = connect(self._url)
+        return int(self._redis.llen(queue))
 
     def _send(self, name: str, payload: dict, queue: str) -> None:
         try:
@@ -71,7 +93,16 @@ class Producer:
             raise Unavailable(f"cannot enqueue on {queue}: {type(exc).__name__}") from exc
 
     def generation(self, job: dict) -> None:
-        """Put one generation job on the gpu queue (raises Unavailable if Redis is down)."""
+        """Put one generation job on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
+        if self.max_queue:
+            try:
+                waiting = self.queue_length(GPU_QUEUE)
+            except (redis.RedisError, OSError) as exc:
+                raise Unavailable(
+                    f"cannot read the {GPU_QUEUE} queue: {type(exc).__name__}"
+                ) from exc
+            if waiting >= self.max_queue:
+                raise QueueFull(f"{waiting} waiting, limit {self.max_queue}")
         self._send(GENERATE, job, GPU_QUEUE)
 
     def delivery(self, result: dict) -> None:

@@ -55,10 +55,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
     )
 
-    from webhooks import health, wechat
+    from webhooks import health, metrics, wechat
 
     app.register_blueprint(wechat.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     if settings.sandbox:
         from webhooks import sandbox
 

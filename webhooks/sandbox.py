@@ -53,6 +53,8 @@ def _injected_fault():  # noqa: ANN202
     if raw is None:
         return None
     fault = json.loads(raw)
+    applied = {**fault, "path": request.path, "at": time.time()}
+    services().redis.rpush(key("sandbox", "faults", "applied"), json.dumps(applied))
     if fault.get("delay"):
         time.sleep(float(fault["delay"]))
     if fault.get("status"):
@@ -130,10 +132,21 @@ def faults():  # noqa: ANN201
     if plan is None:
         return jsonify(error="expected a JSON list of {status, errcode, delay}"), 400
     client = services().redis
-    client.delete(key("sandbox", "faults"))
+    client.delete(key("sandbox", "faults"), key("sandbox", "faults", "applied"))
     if plan:
         client.rpush(key("sandbox", "faults"), *(json.dumps(f) for f in plan))
     return jsonify(planned=len(plan))
+
+
+@bp.get("/faults")
+def faults_seen():  # noqa: ANN201
+    """The failures still planned and those applied so far (with the path and time of each)."""
+    client = services().redis
+    planned = client.lrange(key("sandbox", "faults"), 0, -1)
+    applied = client.lrange(key("sandbox", "faults", "applied"), 0, -1)
+    return jsonify(
+        planned=[json.loads(f) for f in planned], applied=[json.loads(f) for f in applied]
+    )
 
 
 def _json_body_list() -> list | None:

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, request
 
 from bot import service
 from bot.channels.wechat import parse_message, render_text_reply
+from webhooks import metrics
 from webhooks.app import services
 
 bp = Blueprint("wechat", __name__)
@@ -27,6 +28,7 @@ def receive() -> Response:
     decision = service.ingest(
         message, settings=s.settings, client=s.redis, enqueue=s.producer.generation
     )
+    metrics.note(decision)
     if decision.reply is None:
         return Response("success", mimetype="text/plain")
     xml = render_text_reply(message.user, message.account, decision.reply)
