@@ -59,6 +59,8 @@ def base_settings(data_dir: Path, redis_url: str) -> Settings:
         max_new_tokens=16,
         gpu_concurrency=4,
         log_level="INFO",
+        max_queue=0,  # queues in a long-lived REDIS_URL server grow across runs
+        metrics_port=0,  # tests that scrape a worker give it a free port
     )
 
 
