@@ -1,4 +1,7 @@
-"""gunicorn settings: `gunicorn -c python:webhooks.gunicorn_conf webhooks.wsgi:app`.
+"""gunicorn settings: `gunicorn -c webhooks/gunicorn.conf.py webhooks.wsgi:app`.
+
+A file, not a module of the package: importing `webhooks` would import the app (and
+prometheus_client) in the master before PROMETHEUS_MULTIPROC_DIR is set and emptied.
 
 Several worker processes share one set of Prometheus figures through files in
 PROMETHEUS_MULTIPROC_DIR (set here, before any worker imports prometheus_client). SIGTERM lets
@@ -24,7 +27,7 @@ worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 # Webhooks answer in milliseconds; a request still running after 30 s is stuck.
 timeout = 30
-graceful_timeout = _settings.shutdown_grace
+graceful_timeout = int(_settings.shutdown_grace)
 keepalive = 5
 accesslog = None  # one structured line per message stage is logged instead
 
