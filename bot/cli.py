@@ -21,7 +21,7 @@ DEMO_ENV = {
     "WECHAT_APP_ID": "wx0123456789abcdef",
     "WECHAT_APP_SECRET": "demo-secret-0123456789abcdef0123",
     "WECHAT_AES_KEY": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
-    "WECHAT_REPLY_MODE": "customer_service",
+    "WECHAT_REPLY_MODE": "auto",
     "MIMOCHAT_MODEL": "tiny",
     "MIMOCHAT_SANDBOX": "1",
     "MIMOCHAT_THINKING_BUDGET": "48",
@@ -107,6 +107,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     parts = urlsplit(args.url)
     outbox = f"{parts.scheme}://{parts.netloc}/sandbox/wechat/outbox"
     before = _outbox(requests, outbox, args.user)
+    if before is not None:
+        # The sandbox only lets us write to users who wrote first (WeChat's 48-hour window).
+        requests.post(
+            outbox.replace("/outbox", "/window"), json={"user": args.user}, timeout=5
+        ).raise_for_status()
     started = time.perf_counter()
     last = None
     for attempt in range(1 + args.retries):

@@ -25,7 +25,7 @@ RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 WEBHOOK_REQUESTS = Counter(
     "mimochat_webhook_requests",
-    "Webhook calls by channel and outcome (enqueued, duplicate, replied, busy, ignored, "
+    "Webhook calls by channel and outcome (enqueued, duplicate, replied, busy, ignored, held, "
     "rejected, unavailable, error).",
     ["channel", "outcome"],
 )

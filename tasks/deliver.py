@@ -28,7 +28,9 @@ def register(app: Celery, settings: Settings) -> None:
     def deliver(self: Task, result: dict) -> None:
         client = runtime.redis_client(settings)
         try:
-            outcome = delivery.deliver(result, client=client, api=runtime.wechat_api(settings))
+            outcome = delivery.deliver(
+                result, settings=settings, client=client, api=runtime.wechat_api(settings)
+            )
         except WeChatAPIError as exc:
             retry = exc.transient and self.request.retries < MAX_RETRIES
             metrics.delivery_error(exc.code, final=not retry)
@@ -46,3 +48,14 @@ def register(app: Celery, settings: Settings) -> None:
             if isinstance(outcome, dict) and outcome.get("sent_now"):
                 received_at = jobs.get(client, result["job_id"]).get("received_at")
                 metrics.answered(received_at, outcome.get("delivered_at"))
+
+    @app.task(name="mimochat.typing", acks_late=True, ignore_result=True)
+    def typing(job: dict, shown: int = 0) -> None:
+        again = delivery.typing(
+            job,
+            settings=settings,
+            client=runtime.redis_client(settings),
+            api=runtime.wechat_api(settings),
+        )
+        if again and shown + 1 < delivery.TYPING_MAX:
+            typing.apply_async(args=[job, shown + 1], countdown=delivery.TYPING_EVERY, queue="io")

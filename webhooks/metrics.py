@@ -32,9 +32,11 @@ bp = Blueprint("metrics", __name__)
 NOT_CHANNELS = frozenset({"health", "metrics", "sandbox", "admin"})
 
 
-def note(decision: Decision) -> None:
+def note(decision: Decision, held: bool = False) -> None:
     """Tell the request's metrics what the webhook decided (a view calls this)."""
-    if decision.busy:
+    if held:  # passive mode: silent until WeChat retries, answered with a 503 on purpose
+        g.mimochat_outcome = "held"
+    elif decision.busy:
         g.mimochat_outcome = "busy"
     elif decision.duplicate:
         g.mimochat_outcome = "duplicate"
@@ -47,6 +49,8 @@ def note(decision: Decision) -> None:
 
 
 def _outcome(status: int) -> str:
+    if g.get("mimochat_outcome") == "held":
+        return "held"
     if status == 503:
         return "unavailable"
     if status >= 500:
