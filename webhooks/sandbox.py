@@ -54,11 +54,17 @@ def token():  # noqa: ANN201
 
 
 def _injected_fault():  # noqa: ANN202
-    """The next planned failure, if a test or the console planned one (see `faults`)."""
+    """The next planned failure, if a test or the console planned one (see `faults`).
+
+    A fault with `"on": "send"` (or `"typing"`) waits for a call of that kind; others pass it.
+    """
     raw = services().redis.lpop(key("sandbox", "faults"))
     if raw is None:
         return None
     fault = json.loads(raw)
+    if fault.get("on") and not request.path.endswith("/" + fault["on"]):
+        services().redis.lpush(key("sandbox", "faults"), raw)  # for the next call of its kind
+        return None
     applied = {**fault, "path": request.path, "at": time.time()}
     services().redis.rpush(key("sandbox", "faults", "applied"), json.dumps(applied))
     if fault.get("delay"):
@@ -165,7 +171,7 @@ def custom_typing():  # noqa: ANN201
 
 @bp.post("/faults")
 def faults():  # noqa: ANN201
-    """Plan failures for the next API calls: a JSON list of {status|errcode|delay}."""
+    """Plan failures for the next API calls: a JSON list of {status|errcode|delay[, on]}."""
     plan = _json_body_list()
     if plan is None:
         return jsonify(error="expected a JSON list of {status, errcode, delay}"), 400

@@ -3,7 +3,10 @@ on it, and workers each test starts with its own settings and stops itself."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -76,8 +79,10 @@ class FaultStack(Stack):
     env: dict[str, str] = field(default_factory=dict)
     workers: list[subprocess.Popen] = field(default_factory=list)
 
-    def post(self, xml: str) -> requests.Response:
-        """Post a message as WeChat does (safe mode)."""
+    def post(self, xml: str, window: bool = True) -> requests.Response:
+        """Post a message as WeChat does (safe mode), opening the user's service window first."""
+        if window:  # WeChat opens it as the user writes (the sandbox needs Redis for that)
+            self.open_window(re.search(r"<FromUserName><!\[CDATA\[(.*?)\]\]>", xml).group(1))
         signed = sign_request(TOKEN, xml, aes_key=AES_KEY, app_id=APP_ID)
         return requests.post(
             f"{self.url}/wechat", params=signed.params, data=signed.body.encode(), timeout=10
@@ -109,6 +114,21 @@ class FaultStack(Stack):
             self.wait_outbox(user, each, timeout=60)
         time.sleep(quiet)
         return {user: len(self.outbox(user)) for user in users}
+
+    def taken(self, task: str = "mimochat.generate") -> int:
+        """Jobs of `task` that a worker took and has not acknowledged (kombu's unacked hash)."""
+        return sum(
+            json.loads(raw)[0]["headers"]["task"] == task for raw in self.redis.hvals("unacked")
+        )
+
+    def queued(self, queue: str) -> list[tuple[str, dict]]:
+        """(task name, job) of every message waiting in a queue."""
+        out = []
+        for raw in self.redis.lrange(queue, 0, -1):
+            envelope = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+            out.append((envelope["headers"]["task"], args[0]))
+        return out
 
     def metric(self, port: int, line_start: str) -> float:
         """One sample of a worker's /metrics (0 if absent)."""

@@ -16,7 +16,7 @@ import requests
 
 from bot import service
 from bot.channels.wechat import message_xml, read_reply
-from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, free_port, queued_jobs, unique
+from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, free_port, unique
 from tests.integration.conftest import FAULT_MAX_QUEUE, FaultStack
 
 pytestmark = pytest.mark.integration
@@ -29,13 +29,13 @@ def test_worker_killed_mid_generation_is_redelivered_once(faults: FaultStack) ->
     doomed, _ = faults.start_worker(visibility_timeout=5, generation_delay=30.0)
     user = unique()
     assert faults.post(message_xml(user, ACCOUNT, content="slow question")).text == "success"
-    faults.wait(lambda: faults.redis.hlen("unacked") == 1, 15, "the worker to take the job")
+    faults.wait(lambda: faults.taken() == 1, 15, "the worker to take the job")
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait(5)
     assert faults.outbox(user) == []
     faults.start_worker(visibility_timeout=5)
     assert faults.settle([user], quiet=2.0) == {user: 1}
-    faults.wait(lambda: faults.redis.hlen("unacked") == 0, 10, "the job to be acknowledged")
+    faults.wait(lambda: faults.taken() == 0, 10, "the job to be acknowledged")
     assert faults.redis.llen("gpu") == 0
 
 
@@ -54,7 +54,7 @@ def test_redis_restart_keeps_queued_jobs_and_webhook_says_503(faults: FaultStack
     for user in during:
         retried[user] = message_xml(user, ACCOUNT, content="while down")
         started = time.perf_counter()
-        res = faults.post(retried[user])
+        res = faults.post(retried[user], window=False)
         assert res.status_code == 503
         assert time.perf_counter() - started < 4.5
         assert "Traceback" not in res.text
@@ -87,7 +87,7 @@ def test_wechat_api_failures_are_retried_with_backoff_and_one_token_refresh(
     user = unique()
     # A timed-out send that WeChat went on to deliver would be sent again (at least once):
     # here the slow call fails on WeChat's side too, as a gateway timeout does.
-    faults.plan_faults([{"delay": 3, "status": 504}, {"status": 502}])
+    faults.plan_faults([{"delay": 3, "status": 504, "on": "send"}, {"status": 502, "on": "send"}])
     faults.post(message_xml(user, ACCOUNT, content="through a bad network"))
     assert faults.settle([user]) == {user: 1}
     applied = requests.get(f"{faults.url}/sandbox/wechat/faults", timeout=5).json()["applied"]
@@ -112,7 +112,7 @@ def test_wechat_api_failures_are_retried_with_backoff_and_one_token_refresh(
         timeout=5,
     ).raise_for_status()
     users = [unique() for _ in range(4)]
-    faults.plan_faults([{"delay": 1}] * 4)
+    faults.plan_faults([{"delay": 1, "on": "send"}] * 4)
     for u in users:
         faults.post(message_xml(u, ACCOUNT, content="after the token changed"))
     assert faults.settle(users) == dict.fromkeys(users, 1)
@@ -151,11 +151,12 @@ def test_sigterm_lets_the_running_generation_finish(faults: FaultStack) -> None:
     worker, _ = faults.start_worker(generation_delay=2.0, shutdown_grace=20.0)
     user = unique()
     faults.post(message_xml(user, ACCOUNT, content="finish me"))
-    faults.wait(lambda: faults.redis.hlen("unacked") == 1, 15, "the worker to take the job")
+    faults.wait(lambda: faults.taken() == 1, 15, "the worker to take the job")
     os.killpg(worker.pid, signal.SIGTERM)
     assert worker.wait(20) == 0
-    assert faults.redis.llen("gpu") + faults.redis.hlen("unacked") == 0
-    assert [j["user"] for j in queued_jobs(faults.redis, "io")] == [user]
+    assert faults.redis.llen("gpu") + faults.taken() == 0
+    deliveries = [job for task, job in faults.queued("io") if task == "mimochat.deliver"]
+    assert [job["user"] for job in deliveries] == [user]
 
 
 def test_sigterm_past_the_grace_hands_the_jobs_back(faults: FaultStack) -> None:
@@ -166,12 +167,12 @@ def test_sigterm_past_the_grace_hands_the_jobs_back(faults: FaultStack) -> None:
     users = [unique(), unique()]
     for u in users:
         faults.post(message_xml(u, ACCOUNT, content="too slow"))
-    faults.wait(lambda: faults.redis.hlen("unacked") == 2, 15, "the worker to take both jobs")
+    faults.wait(lambda: faults.taken() == 2, 15, "the worker to take both jobs")
     started = time.monotonic()
     os.killpg(worker.pid, signal.SIGTERM)
     assert worker.wait(15) == 75, log.read_text()[-2000:]
     assert time.monotonic() - started < 10
-    assert (faults.redis.llen("gpu"), faults.redis.hlen("unacked")) == (2, 0)
+    assert (faults.redis.llen("gpu"), faults.taken(), faults.redis.hlen("unacked")) == (2, 0, 0)
     faults.start_worker()
     assert faults.settle(users) == dict.fromkeys(users, 1)
 

@@ -35,6 +35,7 @@ def test_one_request_id_follows_a_message_and_no_secret_is_logged(stack: Stack) 
         timeout=5,
     ).json()["access_token"]
     user, question = unique(), f"my private question {unique('q')}"
+    stack.open_window(user)  # as WeChat's server does when the user writes
     xml = message_xml(user, ACCOUNT, content=question)
     signed = sign_request(TOKEN, xml, aes_key=AES_KEY, app_id=APP_ID)
     res = requests.post(
