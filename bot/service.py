@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from bot import commands, jobs
+from bot import commands, jobs, moderation
 from bot.conversations import Conversations
 from bot.engine.base import Engine, Generation, GenerationRequest
 from bot.messages import IncomingMessage, new_id
@@ -67,6 +67,8 @@ def _decide(
     message: IncomingMessage, settings: Settings, client: redis.Redis, enqueue: Enqueue
 ) -> Decision:
     store = conversations(settings, client)
+    if message.kind != "event" and moderation.is_blocked(client, message.channel, message.user):
+        return Decision(reply=moderation.BLOCKED_TEXT)
     if message.kind == "event":
         if message.event == "subscribe":
             return Decision(reply=commands.WELCOME_TEXT)

@@ -59,6 +59,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(wechat.bp)
     app.register_blueprint(health.bp)
+    from webhooks import admin
+
+    admin.init_app(app, settings)
     if settings.sandbox:
         from webhooks import sandbox
 
