@@ -82,7 +82,8 @@ def simulate():  # noqa: ANN201
     try:
         out = simulator.build(
             s.settings,
-            _text(data, "channel", 40) or "wechat_aes",
+            _text(data, "channel", 40)
+            or ("wechat_aes" if s.settings.encrypted else "wechat_plain"),
             _text(data, "user", 128),
             _text(data, "text"),
         )
