@@ -71,7 +71,7 @@ def serve(settings: Settings) -> Iterator[str]:
     """The app for `settings` over real HTTP in a thread; yields its base URL."""
     port = free_port()
     server = make_server("127.0.0.1", port, create_app(settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{port}"
@@ -87,7 +87,7 @@ def live_admin(admin_settings: Settings) -> Iterator[tuple[str, Settings]]:
     base = f"http://127.0.0.1:{port}"
     served = admin_settings.replace(wechat_api_base=f"{base}/sandbox/wechat/")
     server = make_server("127.0.0.1", port, create_app(served), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield base, served
