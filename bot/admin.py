@@ -92,8 +92,10 @@ def timeline(record: dict[str, str], sim: dict[str, Any] | None = None) -> list[
     if (at := _num(record, "started_at")) is not None:
         row("started", f"waited {record.get('queue_wait', '?')} s in the gpu queue", at)
     if (at := _num(record, "generated_at")) is not None:
-        if record.get("error"):
-            detail = f"generation failed ({record['error']}): the user gets an apology"
+        # One `error` field serves every stage; a generation that failed has no finish_reason.
+        failed = "finish_reason" not in record
+        if failed:
+            detail = f"generation failed ({record.get('error', '?')}): the user gets an apology"
         else:
             detail = (
                 f"{record.get('generation_seconds', '?')} s, "
@@ -101,7 +103,7 @@ def timeline(record: dict[str, str], sim: dict[str, Any] | None = None) -> list[
                 f"{record.get('answer_tokens', '?')} answer tokens "
                 f"({record.get('finish_reason', '?')})"
             )
-        row("generated", detail, at, not record.get("error"))
+        row("generated", detail, at, not failed)
     if (at := _num(record, "delivered_at")) is not None:
         parts = record.get("parts", "?")
         row("delivered", f"{parts} message{'s' if parts != '1' else ''} sent", at)
