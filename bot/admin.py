@@ -104,9 +104,21 @@ def timeline(record: dict[str, str], sim: dict[str, Any] | None = None) -> list[
                 f"({record.get('finish_reason', '?')})"
             )
         row("generated", detail, at, not failed)
+    if (at := _num(record, "notice_at")) is not None:
+        row(
+            "notice",
+            f"not ready by WeChat's try {record.get('attempt', '?')}: the user was told the "
+            "answer comes with their next message",
+            at,
+        )
     if (at := _num(record, "delivered_at")) is not None:
         parts = record.get("parts", "?")
-        row("delivered", f"{parts} message{'s' if parts != '1' else ''} sent", at)
+        plural = "s" if parts != "1" else ""
+        if record.get("via") == "next_message":
+            detail = f"{parts} part{plural} handed to the passive reply (or the next message)"
+        else:
+            detail = f"{parts} message{plural} sent through the customer-service API"
+        row("delivered", detail, at)
     if (at := _num(record, "failed_at")) is not None:
         code = record.get("error_code")
         row(
@@ -133,7 +145,8 @@ def job_view(client: redis.Redis, settings: Settings, job_id: str) -> dict[str, 
     return {
         "job_id": job_id,
         "stage": stage,
-        "done": stage in ("delivered", "failed"),
+        "done": "delivered_at" in record or "failed_at" in record,
+        "delivered_via": record.get("via") if "delivered_at" in record else None,
         "channel": record.get("channel", ""),
         "user": user,
         "question": record.get("text", (sim or {}).get("text", "")),

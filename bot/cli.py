@@ -21,7 +21,7 @@ DEMO_ENV = {
     "WECHAT_APP_ID": "wx0123456789abcdef",
     "WECHAT_APP_SECRET": "demo-secret-0123456789abcdef0123",
     "WECHAT_AES_KEY": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
-    "WECHAT_REPLY_MODE": "customer_service",
+    "WECHAT_REPLY_MODE": "auto",
     "MIMOCHAT_MODEL": "tiny",
     "MIMOCHAT_SANDBOX": "1",
     "MIMOCHAT_THINKING_BUDGET": "48",
@@ -109,6 +109,11 @@ def cmd_send(args: argparse.Namespace) -> int:
     parts = urlsplit(args.url)
     outbox = f"{parts.scheme}://{parts.netloc}/sandbox/wechat/outbox"
     before = _outbox(requests, outbox, args.user)
+    if before is not None:
+        # The sandbox only lets us write to users who wrote first (WeChat's 48-hour window).
+        requests.post(
+            outbox.replace("/outbox", "/window"), json={"user": args.user}, timeout=5
+        ).raise_for_status()
     started = time.perf_counter()
     last = None
     for attempt in range(1 + args.retries):
@@ -207,7 +212,8 @@ def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
     view: dict = {}
     while time.monotonic() < deadline:
         view = _admin_call(args, settings, "GET", f"simulate/{sim['job_id']}")
-        settled = view["done"] and not (view["messages"] == [] and view["stage"] == "delivered")
+        waiting = view["messages"] == [] and view["delivered_via"] == "customer_service"
+        settled = view["done"] and not waiting
         if settled:
             break
         time.sleep(0.3)
@@ -217,11 +223,14 @@ def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
     if not view.get("done"):
         print(f"no answer after {args.timeout:.0f}s", file=sys.stderr)
         return 1
-    messages = view.get("messages") or [{"content": view.get("answer") or ""}]
+    if view.get("delivered_via") == "customer_service":
+        messages = view.get("messages") or [{"content": view.get("answer") or ""}]
+    else:  # passive mode: the answer rode on a webhook reply or waits for the next message
+        messages = [{"content": view.get("answer") or ""}]
     print(f"answer ({len(messages)} message(s)):")
     for msg in messages:
         print(f"  {msg['content']}")
-    return 0 if view["stage"] == "delivered" else 1
+    return 0 if view.get("delivered_via") else 1
 
 
 def _outbox(requests_mod, url: str, user: str) -> list | None:  # noqa: ANN001

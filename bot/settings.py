@@ -39,6 +39,30 @@ class Settings:
     wechat_api_base: str = _setting(
         "WECHAT_API_BASE", "https://api.weixin.qq.com/", "WeChat API host (the sandbox in demo)."
     )
+    wechat_passive_wait: float = _setting(
+        "WECHAT_PASSIVE_WAIT",
+        4.5,
+        "Seconds a webhook call waits for the answer in passive mode (WeChat gives up at 5).",
+    )
+    wechat_platform_timeout: float = _setting(
+        "WECHAT_PLATFORM_TIMEOUT",
+        5.0,
+        "Seconds WeChat waits for the webhook before retrying (the sandbox uses it too).",
+    )
+    wechat_attempts: int = _setting(
+        "WECHAT_ATTEMPTS", 3, "Tries WeChat makes per message; the last gets a progress notice."
+    )
+    wechat_cs_quota: int = _setting(
+        "WECHAT_CS_QUOTA", 5, "Customer-service sends allowed per user message (WeChat: 5)."
+    )
+    wechat_cs_window: int = _setting(
+        "WECHAT_CS_WINDOW", 172800, "Seconds a user message keeps the send window open (48 h)."
+    )
+    pending_ttl: int = _setting(
+        "MIMOCHAT_PENDING_TTL",
+        259200,
+        "Seconds an answer waits for the user's next message before it is dropped.",
+    )
     wechat_timestamp_window: int = _setting(
         "WECHAT_TIMESTAMP_WINDOW", 300, "Seconds a signed request's timestamp may be off."
     )
@@ -179,6 +203,30 @@ def setting_docs() -> list[tuple[str, str, str]]:
     return rows
 
 
+_GROUPS = {
+    "WECHAT_TOKEN": "WeChat Official Account",
+    "WECOM_BOT_TOKEN": "WeCom intelligent robot",
+    "REDIS_URL": "Infrastructure",
+    "MIMOCHAT_HISTORY_TTL": "Conversations",
+    "MIMOCHAT_MODEL": "Model and generation",
+    "ADMIN_TOKEN": "Admin console and logs",
+}
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its meaning and default."""
+    lines = [
+        "# mimochat settings: copy to .env and edit. The environment wins over this file.",
+        "# Every setting, its default and its meaning. Secrets never appear in logs or responses.",
+        "# Regenerate with: python -m bot.settings > .env.example",
+    ]
+    for name, default, doc in setting_docs():
+        if name in _GROUPS:
+            lines += ["", f"# --- {_GROUPS[name]} ---"]
+        lines += [f"# {doc}", f"{name}={default}"]
+    return "\n".join(lines) + "\n"
+
+
 def _coerce(f: dataclasses.Field, raw: str) -> Any:
     kind = type(f.default)
     raw = raw.strip()
@@ -201,3 +249,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
     from dotenv import dotenv_values
 
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+if __name__ == "__main__":
+    print(env_example(), end="")

@@ -24,8 +24,7 @@ from bot.channels.wechat import message_xml, read_reply, sign_request, sign_url_
 from bot.settings import Settings
 from bot.store import key
 
-RETRY_AFTER = 5.0  # WeChat abandons a try that has not answered in 5 s …
-PLATFORM_RETRIES = 3  # … and sends the same message again, 3 times at most
+RETRY_AFTER = 5.0  # WeChat abandons a try that has not answered in 5 s (URL check too)
 SIM_TTL = 86400
 BODY_SHOWN = 500  # characters of a webhook's answer shown to the operator
 DEFAULT_ACCOUNT = "gh_mimochat_console"
@@ -164,14 +163,16 @@ def send(
     text: str,
     *,
     retry_after: float = RETRY_AFTER,
-    retries: int = PLATFORM_RETRIES,
+    attempts: int = 3,
     http: Any = requests,
 ) -> Simulation:
-    """Post the message as the platform would, retrying a try that is slower than `retry_after`."""
+    """Post the message as the platform would: a try slower than `retry_after` (or a 5xx) is
+    followed by the same message again, `attempts` tries in all (WECHAT_PLATFORM_TIMEOUT and
+    WECHAT_ATTEMPTS are the settings that say what WeChat does)."""
     check_url(url)
     sim = Simulation(out.channel, out.user, url, out.msg_id, text, time.time())
     last = None
-    for number in range(1, retries + 2):
+    for number in range(1, max(1, attempts) + 1):
         params, body = out.signed()
         started = time.perf_counter()
         try:
@@ -212,7 +213,7 @@ def _judge(sim: Simulation, out: Outgoing, res: requests.Response | None) -> Non
             sim.verdict = f"cannot reach {sim.url} ({sim.attempts[-1].body})"
         else:
             sim.verdict = (
-                f"no answer within {RETRY_AFTER:.0f} s on any of {len(sim.attempts)} tries: "
+                f"no answer in time on any of {len(sim.attempts)} tries: "
                 "WeChat gives up and the user sees “该公众号暂时无法提供服务，请稍后再试”"
             )
         return

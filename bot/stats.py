@@ -71,9 +71,14 @@ def aggregate(records: list[dict[str, str]], now: float | None = None) -> dict[s
             continue
         stage = r.get("stage", "")
         delivered = _f(r, "delivered_at")
-        if stage in ("received", "started", "generated") and now - received < STALE_AFTER:
-            label = {"received": "queued", "started": "generating", "generated": "delivering"}
-            in_flight[label[stage]] += 1
+        if now - received < STALE_AFTER and delivered is None and "failed_at" not in r:
+            # From the stamps, not `stage`: a late stamp (the webhook's "notice") may come last.
+            if "generated_at" in r:
+                in_flight["delivering"] += 1
+            elif "started_at" in r:
+                in_flight["generating"] += 1
+            else:
+                in_flight["queued"] += 1
         if delivered is not None:
             if now - delivered <= RATE_WINDOW:
                 answered_recently += 1

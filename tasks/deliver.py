@@ -28,7 +28,10 @@ def register(app: Celery, settings: Settings) -> None:
     def deliver(self: Task, result: dict) -> None:
         try:
             delivery.deliver(
-                result, client=runtime.redis_client(settings), api=runtime.wechat_api(settings)
+                result,
+                settings=settings,
+                client=runtime.redis_client(settings),
+                api=runtime.wechat_api(settings),
             )
         except WeChatAPIError as exc:
             if exc.transient and self.request.retries < MAX_RETRIES:
@@ -41,3 +44,14 @@ def register(app: Celery, settings: Settings) -> None:
                 raise self.retry(countdown=backoff(self.request.retries), exc=exc) from None
             log.error("delivery of job %s failed for good: %s", result["job_id"], exc)
             delivery.record_failure(runtime.redis_client(settings), result, exc)
+
+    @app.task(name="mimochat.typing", acks_late=True, ignore_result=True)
+    def typing(job: dict, shown: int = 0) -> None:
+        again = delivery.typing(
+            job,
+            settings=settings,
+            client=runtime.redis_client(settings),
+            api=runtime.wechat_api(settings),
+        )
+        if again and shown + 1 < delivery.TYPING_MAX:
+            typing.apply_async(args=[job, shown + 1], countdown=delivery.TYPING_EVERY, queue="io")

@@ -6,7 +6,7 @@ import logging
 
 from celery import Celery
 
-from bot import service
+from bot import reply_mode, service
 from bot.settings import Settings
 from tasks import runtime
 
@@ -18,6 +18,12 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name="mimochat.generate", acks_late=True)
     def generate(job: dict) -> None:
+        client = runtime.redis_client(settings)
+        if (
+            job["channel"] == "wechat"
+            and reply_mode.effective(settings, client) != reply_mode.PASSIVE
+        ):
+            app.send_task("mimochat.typing", args=[job], queue="io")
         result = service.answer(
             job,
             settings=settings,

@@ -51,7 +51,9 @@ def base_settings(data_dir: Path, redis_url: str) -> Settings:
         wechat_app_id=APP_ID,
         wechat_app_secret=APP_SECRET,
         wechat_aes_key=AES_KEY,
-        wechat_reply_mode="customer_service",
+        wechat_reply_mode="auto",
+        wechat_passive_wait=1.5,  # WeChat's 4.5 s / 5 s, shortened so passive tests run fast
+        wechat_platform_timeout=2.0,
         redis_url=redis_url,
         data_dir=str(data_dir),
         model="tiny",
@@ -93,6 +95,22 @@ class Stack:
                 return messages
             time.sleep(0.1)
         raise AssertionError(f"{user} got {len(self.outbox(user))} message(s), wanted {count}")
+
+    def open_window(self, user: str) -> None:
+        """Open the user's customer-service window, as a message from them would."""
+        requests.post(
+            f"{self.url}/sandbox/wechat/window", json={"user": user}, timeout=5
+        ).raise_for_status()
+
+    def say(self, user: str, content: str, **extra: object) -> dict:
+        """The user sends a message; the sandbox posts it as WeChat would (with retries)."""
+        res = requests.post(
+            f"{self.url}/sandbox/wechat/user",
+            json={"user": user, "content": content, **extra},
+            timeout=60,
+        )
+        res.raise_for_status()
+        return res.json()
 
     def plan_faults(self, faults: list[dict]) -> None:
         """Make the sandbox fail the next API calls as planned."""

@@ -46,3 +46,14 @@ def queued_jobs(client: Any, queue: str = "gpu") -> list[dict]:
         args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         jobs.append(args[0])
     return jobs
+
+
+def user_with_window(base: str) -> str:
+    """A fresh user who just wrote to the account: the sandbox lets us send to them."""
+    import requests
+
+    user = unique()
+    requests.post(
+        f"{base}/sandbox/wechat/window", json={"user": user}, timeout=5
+    ).raise_for_status()
+    return user

@@ -1,8 +1,12 @@
 """A fake WeChat API under /sandbox/wechat/ (demo and test mode only).
 
 It checks what WeChat checks — the AppID/AppSecret pair, the access token (a new one
-invalidates the old), the JSON shape, the content size — answers with WeChat's error codes,
-and records what was sent so tests, the CLI and the console can read the user's screen.
+invalidates the old), the JSON shape, the content size, the account's customer-service
+permission (48001 when switched to unverified), the user's 48-hour window (45015) and its
+5 sends (45047) — answers with WeChat's error codes, and records what the user received
+(passive replies and customer-service messages) so tests, the CLI and the console can read the
+user's screen. `POST /sandbox/wechat/user` plays WeChat's server: it posts a user's message
+to the webhook exactly as WeChat does, retries included.
 State lives in Redis so every web process sees the same account.
 """
 
@@ -12,8 +16,10 @@ import json
 import secrets
 import time
 
+import requests
 from flask import Blueprint, jsonify, request
 
+from bot.channels.wechat import message_xml, read_reply, sign_request
 from bot.store import key
 from webhooks.app import services
 
@@ -75,6 +81,35 @@ def _check_token():  # noqa: ANN202
     current = s.redis.get(_token_key(s.settings.wechat_app_id))
     if given != current:
         return _err(40001, "invalid credential, access_token is invalid or not latest")
+    if s.redis.hget(_account_key(), "verified") == "0":
+        return _err(48001, "api unauthorized")
+    return None
+
+
+def _account_key() -> str:
+    return key("sandbox", "account", services().settings.wechat_app_id)
+
+
+def _window_key(user: str) -> str:
+    return key("sandbox", "window", user)
+
+
+def _open_window(user: str) -> None:
+    client = services().redis
+    client.hset(_window_key(user), mapping={"opened_at": f"{time.time():.3f}", "used": 0})
+    client.expire(_window_key(user), services().settings.wechat_cs_window)
+
+
+def _window_refusal(user: str, counts: bool):  # noqa: ANN202
+    """45015 outside the user's 48-hour window, 45047 past its 5 sends (typing is free)."""
+    s = services()
+    state = s.redis.hgetall(_window_key(user))
+    if not state or time.time() - float(state["opened_at"]) > s.settings.wechat_cs_window:
+        return _err(45015, "response out of time limit or subscription is canceled")
+    if counts:
+        if int(state["used"]) >= s.settings.wechat_cs_quota:
+            return _err(45047, "out of response count limit")
+        s.redis.hincrby(_window_key(user), "used", 1)
     return None
 
 
@@ -106,8 +141,9 @@ def custom_send():  # noqa: ANN201
         return _err(44003, "empty content")
     if len(content.encode("utf-8")) > CONTENT_LIMIT:
         return _err(45002, "content size out of limit")
-    record = {"msgtype": "text", "content": content, "at": time.time()}
-    services().redis.rpush(key("sandbox", "outbox", touser), json.dumps(record, ensure_ascii=False))
+    if (refused := _window_refusal(touser, counts=True)) is not None:
+        return refused
+    _record(touser, {"msgtype": "text", "content": content, "via": "customer_service"})
     return _err(0, "ok")
 
 
@@ -121,6 +157,8 @@ def custom_typing():  # noqa: ANN201
         return _err(47001, "data format error")
     if body.get("command") not in ("Typing", "CancelTyping") or not body.get("touser"):
         return _err(40001, "invalid command or touser")
+    if (refused := _window_refusal(body["touser"], counts=False)) is not None:
+        return refused
     record = {"command": body["command"], "at": time.time()}
     services().redis.rpush(key("sandbox", "typing", body["touser"]), json.dumps(record))
     return _err(0, "ok")
@@ -161,6 +199,100 @@ def ip_whitelist():  # noqa: ANN201
     else:
         services().redis.set(flag, "1")
     return jsonify(listed=body["listed"])
+
+
+@bp.post("/account")
+def account():  # noqa: ANN201
+    """Switch the sandbox account: {"verified": false} makes the API answer 48001."""
+    body = _json_body() or {}
+    verified = "0" if body.get("verified") is False else "1"
+    services().redis.hset(_account_key(), "verified", verified)
+    return jsonify(verified=verified == "1")
+
+
+@bp.post("/engine")
+def engine_delay():  # noqa: ANN201
+    """Slow every answer down on purpose: {"delay": seconds} (0 to stop)."""
+    body = _json_body() or {}
+    try:
+        delay = max(0.0, float(body.get("delay", 0)))
+    except (TypeError, ValueError):
+        return jsonify(error="delay must be a number of seconds"), 400
+    services().redis.set(key("sandbox", "engine-delay"), delay)
+    return jsonify(delay=delay)
+
+
+@bp.post("/window")
+def window():  # noqa: ANN201
+    """Open a user's customer-service window as a user message would, without forwarding one."""
+    user = (_json_body() or {}).get("user")
+    if not isinstance(user, str) or not user:
+        return jsonify(error="user is required"), 400
+    _open_window(user)
+    return jsonify(opened=True)
+
+
+@bp.post("/user")
+def user_message():  # noqa: ANN201
+    """Act as WeChat's server for one user message: open the window, post it to the webhook
+    (signed, encrypted in safe mode), retry as WeChat does, and return what the user sees.
+
+    Body: {"user", "content", "kind": "text", "webhook": URL (default: this server's /wechat),
+    "msg_id": optional}.
+    """
+    body = _json_body() or {}
+    user, content = body.get("user"), body.get("content", "")
+    if not isinstance(user, str) or not user or not isinstance(content, str):
+        return jsonify(error="user and content are required"), 400
+    s = services().settings
+    _open_window(user)
+    xml = message_xml(
+        user,
+        body.get("account") or "gh_sandbox_account",
+        kind=body.get("kind", "text"),
+        content=content,
+        recognition=content,
+        msg_id=body.get("msg_id"),
+    )
+    webhook = body.get("webhook") or request.host_url.rstrip("/") + "/wechat"
+    attempts = []
+    for _ in range(max(1, s.wechat_attempts)):
+        signed = sign_request(
+            s.wechat_token, xml, aes_key=s.wechat_aes_key, app_id=s.wechat_app_id, openid=user
+        )
+        started = time.perf_counter()
+        try:
+            res = requests.post(
+                webhook,
+                params=signed.params,
+                data=signed.body.encode(),
+                timeout=s.wechat_platform_timeout,
+            )
+        except requests.RequestException as exc:
+            attempts.append({"status": None, "ms": _ms(started), "error": type(exc).__name__})
+            continue
+        attempts.append({"status": res.status_code, "ms": _ms(started)})
+        if res.status_code == 200:
+            fields = read_reply(
+                res.text, token=s.wechat_token, aes_key=s.wechat_aes_key, app_id=s.wechat_app_id
+            )
+            reply = fields.get("Content")
+            if reply:
+                _record(user, {"msgtype": "text", "content": reply, "via": "passive"})
+            return jsonify(attempts=attempts, reply=reply)
+    # What WeChat shows when every try failed.
+    failure = "该公众号提供的服务出现故障，请稍后再试"
+    _record(user, {"msgtype": "system", "content": failure, "via": "wechat"})
+    return jsonify(attempts=attempts, reply=None, failed=True)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _record(user: str, record: dict) -> None:
+    record["at"] = time.time()
+    services().redis.rpush(key("sandbox", "outbox", user), json.dumps(record, ensure_ascii=False))
 
 
 @bp.get("/outbox")

@@ -72,7 +72,7 @@ def test_job_view_shows_progress_then_the_answer(
     jobs.record(redis_client, job_id, "delivered", parts=1)
     view = admin.job_view(redis_client, settings, job_id)
     assert view["done"] and view["answer"] == "Because." and view["tokens"]["answer_tokens"] == 2
-    assert view["timeline"][-1]["detail"] == "1 message sent"
+    assert view["timeline"][-1]["detail"] == "1 message sent through the customer-service API"
 
 
 def test_job_view_of_an_unknown_job(settings: Settings, redis_client: redis.Redis) -> None:

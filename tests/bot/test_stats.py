@@ -13,6 +13,8 @@ NOW = 1_800_000_000.0
 
 def job(stage: str, received_ago: float, **fields: float | str) -> dict[str, str]:
     record = {"stage": stage, "received_at": str(NOW - received_ago)}
+    if stage != "received":  # every stage is stamped, as bot.jobs.record does
+        record[f"{stage}_at"] = str(NOW - received_ago + 0.1)
     record.update({k: str(v) for k, v in fields.items()})
     return record
 

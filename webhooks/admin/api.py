@@ -87,7 +87,13 @@ def simulate():  # noqa: ANN201
             _text(data, "user", 128),
             _text(data, "text"),
         )
-        sim = simulator.send(out, url, _text(data, "text"))
+        sim = simulator.send(
+            out,
+            url,
+            _text(data, "text"),
+            retry_after=s.settings.wechat_platform_timeout,
+            attempts=s.settings.wechat_attempts,
+        )
     except simulator.SimulationError as exc:
         return jsonify(error=str(exc)), 400
     if sim.ok:

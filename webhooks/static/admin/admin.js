@@ -71,9 +71,14 @@ async function refreshStats() {
 function renderJob(entry, view) {
   const replies = entry.querySelector(".replies");
   replies.querySelectorAll(".bubble.bot:not(.passive)").forEach((b) => b.remove());
+  replies.querySelectorAll(".parked").forEach((b) => b.remove());
   const messages = view.messages;
+  const passive = replies.querySelector(".bubble.passive")?.textContent || "";
   if (messages && messages.length) {
     for (const m of messages) replies.append(el("div", { class: "bubble bot" }, m.content));
+  } else if (view.answer && view.delivered_via === "next_message" && !passive.includes(view.answer.slice(0, 40))) {
+    // Passive mode, answer later than WeChat's tries: it rides on the user's next message.
+    replies.append(el("div", { class: "bubble bot parked" }, view.answer));
   } else if (messages === null && view.answer) {
     replies.append(el("div", { class: "bubble bot" }, view.answer));  // no sandbox outbox to read
   }
@@ -106,7 +111,7 @@ async function follow(entry, jobId) {
       return;
     }
     renderJob(entry, view);
-    const waitingForMessages = view.messages && view.stage === "delivered" && !view.messages.length;
+    const waitingForMessages = view.delivered_via === "customer_service" && view.messages && !view.messages.length;
     if (view.done && !waitingForMessages) { entry.classList.add("done"); return; }
     await new Promise((r) => setTimeout(r, 700));
   }
