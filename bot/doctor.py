@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from bot import simulator, workers
+from bot import reply_mode, simulator, workers
 from bot.settings import BACKENDS, REPLY_MODES, Settings
 from bot.store import connect, resolve_url
 from bot.wechat_api import check_access_token
@@ -236,20 +236,31 @@ def worker_checks(s: Settings, online: list[dict[str, Any]]) -> list[Check]:
     return out
 
 
-def reply_mode_check(s: Settings) -> Check:
-    """The reply mode in effect, in words."""
+def reply_mode_check(s: Settings, client: redis.Redis | None = None) -> Check:
+    """The reply mode configured and the one in effect now (auto may have switched)."""
     meaning = {
         "customer_service": "answers are sent through the customer-service API "
         "(needs a verified service account)",
-        "passive": "answers come back in the webhook's reply within WeChat's retries",
-        "auto": "customer-service API, falling back to passive replies on 48001",
+        "passive": "answers come back in the webhook's reply within WeChat's retries, "
+        "or with the user's next message",
+        "auto": "customer-service API, switching to passive replies on 48001",
     }
     mode = s.wechat_reply_mode
-    return Check(
-        "reply mode",
-        mode in meaning,
-        f"{mode}: {meaning.get(mode, 'unknown mode: see WECHAT_REPLY_MODE')}",
-    )
+    if mode not in meaning:
+        return Check("reply mode", False, f"{mode}: unknown mode: see WECHAT_REPLY_MODE")
+    detail = f"{mode}: {meaning[mode]}"
+    if mode == "auto" and client is not None:
+        try:
+            now = reply_mode.effective(s, client)
+        except redis.RedisError:
+            now = None
+        if now == reply_mode.PASSIVE:
+            detail += (
+                "; in effect now: passive (WeChat answered 48001: the account is not verified)"
+            )
+        elif now is not None:
+            detail += "; in effect now: customer service"
+    return Check("reply mode", True, detail)
 
 
 def webhook_check(s: Settings, url: str) -> Check:
@@ -290,7 +301,7 @@ def run_checks(
             checks.append(
                 Check("access token", False, "needs WECHAT_APP_ID and WECHAT_APP_SECRET", True)
             )
-    checks.append(reply_mode_check(s))
+    checks.append(reply_mode_check(s, client))
     if webhook_url:
         checks.append(webhook_check(s, webhook_url))
     return checks

@@ -193,10 +193,23 @@ def test_live_worker_and_model_seen(stack: Stack) -> None:
     assert checks["access token"].ok
 
 
-def test_reply_mode_is_explained(settings: Settings) -> None:
-    for mode, phrase in [
-        ("passive", "webhook's reply"),
-        ("auto", "48001"),
-        ("customer_service", "verified"),
-    ]:
-        assert phrase in doctor.reply_mode_check(settings.replace(wechat_reply_mode=mode)).detail
+@pytest.mark.parametrize(
+    ("mode", "passive_only", "phrase"),
+    [
+        ("passive", False, "webhook's reply"),
+        ("customer_service", False, "verified"),
+        ("auto", False, "in effect now: customer service"),
+        ("auto", True, "in effect now: passive (WeChat answered 48001"),
+    ],
+)
+def test_reply_mode_in_effect(
+    settings: Settings, redis_client: redis.Redis, mode: str, passive_only: bool, phrase: str
+) -> None:
+    planted = settings.replace(wechat_reply_mode=mode, wechat_app_id="wx" + "0" * 14 + "ab")
+    flag = f"mimochat:wechat:passive-only:{planted.wechat_app_id}"
+    if passive_only:
+        redis_client.set(flag, "1")
+    try:
+        assert phrase in doctor.reply_mode_check(planted, redis_client).detail
+    finally:
+        redis_client.delete(flag)

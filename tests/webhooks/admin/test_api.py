@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import requests
 from flask.testing import FlaskClient
@@ -10,6 +12,7 @@ from bot import commands, jobs, moderation
 from bot.conversations import Conversations
 from bot.settings import Settings
 from bot.store import connect
+from tests.conftest import Stack
 from tests.helpers import ADMIN_TOKEN, unique
 
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -154,3 +157,50 @@ def test_redis_down_is_503_json(admin_settings: Settings) -> None:
     res = app.test_client().get("/admin/api/stats", headers=BEARER)
     assert res.status_code == 503
     assert "Redis" in res.get_json()["error"]
+
+
+@pytest.fixture
+def passive_stack(
+    admin_on_stack: tuple[str, Settings], stack: Stack
+) -> Iterator[tuple[str, Stack]]:
+    """The console on the live stack, the account switched to passive replies (as after 48001)."""
+    flag = f"mimochat:wechat:passive-only:{stack.settings.wechat_app_id}"
+    stack.redis.set(flag, "1")
+    try:
+        yield admin_on_stack[0], stack
+    finally:
+        stack.redis.delete(flag)
+        requests.post(f"{stack.url}/sandbox/wechat/engine", json={"delay": 0}, timeout=5)
+
+
+@pytest.mark.integration
+def test_simulator_shows_the_passive_reply(passive_stack: tuple[str, Stack]) -> None:
+    base, _stack = passive_stack
+    sim = call(base, "POST", "simulate", json={"user": unique(), "text": "quick one"}).json()
+    assert sim["ok"] and sim["passive_reply"], sim
+    assert "passive reply after" in sim["verdict"]
+    view = call(base, "GET", f"simulate/{sim['job_id']}").json()
+    assert view["done"] and view["delivered_via"] == "next_message"
+    assert view["answer"] and view["answer"][:20] in sim["passive_reply"]
+
+
+@pytest.mark.integration
+def test_simulator_retries_like_wechat_when_the_answer_is_slow(
+    passive_stack: tuple[str, Stack],
+) -> None:
+    """Injected: 6 s of generation delay; WeChat's timeout is 2 s in the stack's settings.
+
+    Counted: the first tries time out and are sent again (same MsgId, one job); the last try
+    gets the honest notice as its passive reply.
+    """
+    base, stack = passive_stack
+    requests.post(f"{stack.url}/sandbox/wechat/engine", json={"delay": 6}, timeout=5)
+    user = unique()
+    sim = call(base, "POST", "simulate", json={"user": user, "text": "slow one"}).json()
+    attempts = stack.settings.wechat_attempts
+    assert [a["outcome"] for a in sim["attempts"]] == ["timeout"] * (attempts - 1) + ["answered"]
+    assert sim["passive_reply"] == commands.STILL_THINKING_TEXT
+    assert f"after {attempts - 1} retries" in sim["verdict"]
+    assert len([j for j in jobs.recent(stack.redis, 100) if j.get("user") == user]) == 1
+    view = call(base, "GET", f"simulate/{sim['job_id']}").json()
+    assert "notice" in [row["stage"] for row in view["timeline"]]
