@@ -274,13 +274,30 @@ def load(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+def _sandbox_base(settings: Settings) -> str | None:
+    base = settings.wechat_api_base.rstrip("/")
+    return base if base.endswith("/sandbox/wechat") else None  # real WeChat keeps no outbox
+
+
+def open_sandbox_window(settings: Settings, user: str, http: Any = requests) -> bool:
+    """Tell the sandbox WeChat API that `user` wrote, as WeChat knows when a user messages the
+    account: it opens the 48-hour customer-service window (else the sandbox answers 45015)."""
+    base = _sandbox_base(settings)
+    if base is None:
+        return False
+    try:
+        return http.post(f"{base}/window", json={"user": user}, timeout=3).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def sandbox_outbox(
     settings: Settings, user: str, since: float = 0.0, http: Any = requests
 ) -> list[dict] | None:
     """Customer-service messages the sandbox WeChat API recorded for `user` (None: no sandbox)."""
-    base = settings.wechat_api_base.rstrip("/")
-    if not base.endswith("/sandbox/wechat"):
-        return None  # the real WeChat API keeps no outbox we could read
+    base = _sandbox_base(settings)
+    if base is None:
+        return None
     try:
         res = http.get(f"{base}/outbox", params={"touser": user}, timeout=3)
         messages = res.json() if res.status_code == 200 else None

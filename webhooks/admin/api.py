@@ -87,6 +87,7 @@ def simulate():  # noqa: ANN201
             _text(data, "user", 128),
             _text(data, "text"),
         )
+        simulator.open_sandbox_window(s.settings, out.user)
         sim = simulator.send(
             out,
             url,

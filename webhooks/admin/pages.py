@@ -112,6 +112,8 @@ def simulator_page():  # noqa: ANN201
         channels=list(simulator.CHANNELS.values()),
         local_url=local,
         encrypted=services().settings.encrypted,
+        timeout=services().settings.wechat_platform_timeout,
+        attempts=services().settings.wechat_attempts,
     )
 
 

@@ -90,6 +90,8 @@ def test_login_simulate_and_watch_the_answer(
         )
         for stage in ("webhook", "received", "started", "generated", "delivered"):
             assert stage in stages, stages
+        delivered = entry.locator('.timeline tr[data-stage="delivered"]').inner_text()
+        assert "customer-service API" in delivered  # the sandbox saw the user write first
         details = entry.locator("details.reasoning")
         if details.get_attribute("data-has"):
             details.locator("summary").click()
