@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from bot import commands, jobs, logs, reply_mode
+from bot import commands, jobs, logs, moderation, reply_mode
 from bot.conversations import Conversations
 from bot.engine.base import Engine, Generation, GenerationRequest
 from bot.mailbox import PART_LIMIT, Mailbox, is_continue
@@ -129,6 +129,8 @@ def _decide(
     message: IncomingMessage, job_id: str, settings: Settings, client: redis.Redis, enqueue: Enqueue
 ) -> Decision:
     store = conversations(settings, client)
+    if message.kind != "event" and moderation.is_blocked(client, message.channel, message.user):
+        return Decision(reply=moderation.BLOCKED_TEXT)
     if message.channel == "wechat" and message.event != "unsubscribe":
         ServiceWindow(settings, client, message.user).open()
     if message.kind == "event":

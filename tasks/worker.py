@@ -1,8 +1,8 @@
 """`celery -A tasks.worker worker`: settings from the environment, engine loaded first.
 
-Celery signals hook in what a production worker needs: a heartbeat in Redis while it consumes
-(`tasks/inspect.py`), its Prometheus metrics on `MIMOCHAT_METRICS_PORT`, the request id of the
-job it runs on every log line, and a bounded warm shutdown (`tasks/shutdown.py`).
+Celery signals hook in what a production worker needs: a heartbeat in Redis (tasks/heartbeat.py),
+its Prometheus metrics on `MIMOCHAT_METRICS_PORT`, the request id of the job it runs on every
+log line, and a bounded warm shutdown (tasks/shutdown.py).
 """
 
 from __future__ import annotations
@@ -15,20 +15,23 @@ from celery.signals import (
     task_postrun,
     task_prerun,
     worker_ready,
+    worker_shutdown,
     worker_shutting_down,
 )
 
 from bot import logs, metrics
 from bot.logs import setup_logging
 from bot.settings import Settings
-from tasks import inspect, runtime
+from tasks import runtime
 from tasks.celery_app import GPU_QUEUE, make_celery
+from tasks.heartbeat import Heartbeat
 from tasks.shutdown import ShutdownBound
 
 settings = Settings.from_env()
 setup_logging(settings)
 app = make_celery(settings)
 log = logging.getLogger("mimochat.worker")
+_heartbeat: list[Heartbeat] = []
 _running: dict[str, Any] = {}
 
 
@@ -36,10 +39,24 @@ _running: dict[str, Any] = {}
 def load_engine(sender: str, instance: object, **_: object) -> None:
     """Build the engine before the worker consumes anything (only where it serves `gpu`)."""
     consume_from = instance.app.amqp.queues.consume_from or {}  # type: ignore[attr-defined]
+    # The console and the doctor see this worker (and its model) through its heartbeat.
+    heartbeat = Heartbeat(runtime.redis_client(settings), sender, list(consume_from))
+    heartbeat.start()
+    _heartbeat.append(heartbeat)
     if GPU_QUEUE not in consume_from:
+        heartbeat.ready(None)
         return
     engine = runtime.engine(settings)
+    # The heartbeat also carries the generations in flight: the web's engine batch size figure.
+    heartbeat.ready(lambda: {**engine.info(), "generating": metrics.generations_in_flight()})
     log.info("engine ready on %s: %s", sender, engine.info())
+
+
+@worker_shutdown.connect
+def stop_heartbeat(**_: object) -> None:
+    """Show the worker offline at once on a clean stop."""
+    for heartbeat in _heartbeat:
+        heartbeat.stop()
 
 
 def start_metrics_server(port: int) -> int:
@@ -60,25 +77,15 @@ def start_metrics_server(port: int) -> int:
 
 @worker_ready.connect
 def on_ready(sender: Any, **_: object) -> None:
-    """Start the heartbeat and the metrics server once the worker consumes."""
-    consumer = sender
-    queues = sorted(q.name for q in consumer.task_consumer.queues)
-    port = start_metrics_server(settings.metrics_port)
-    heartbeat = inspect.Heartbeat(
-        runtime.redis_client(settings),
-        consumer.hostname,
-        queues,
-        lambda: {"metrics_port": port, "generating": metrics.generations_in_flight()},
-    )
-    heartbeat.start()
-    _running.update(consumer=consumer, heartbeat=heartbeat)
+    """Serve metrics once the worker consumes; keep its consumer for a bounded shutdown."""
+    start_metrics_server(settings.metrics_port)
+    _running["consumer"] = sender
 
 
 @worker_shutting_down.connect
 def on_shutting_down(sig: str, how: str, **_: object) -> None:
     """Leave the readiness count at once, and bound a warm shutdown by MIMOCHAT_SHUTDOWN_GRACE."""
-    heartbeat = _running.pop("heartbeat", None)
-    if heartbeat is not None:
+    for heartbeat in _heartbeat:
         heartbeat.stop()
     consumer = _running.get("consumer")
     if how == "Warm" and consumer is not None and "bound" not in _running:

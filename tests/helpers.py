@@ -14,6 +14,7 @@ APP_ID = "wx00112233445566ff"
 APP_SECRET = "test-secret-00112233445566778899"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 ACCOUNT = "gh_test_account"
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
 
 def free_port() -> int:

@@ -60,6 +60,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(wechat.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    from webhooks import admin
+
+    admin.init_app(app, settings)
     if settings.sandbox:
         from webhooks import sandbox
 

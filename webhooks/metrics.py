@@ -117,8 +117,8 @@ class RedisFigures(Collector):
             labels=["worker"],
         )
         for worker in inspect.workers(self.client):
-            if "gpu" in worker.get("queues", "").split(","):
-                batch.add_metric([worker["name"]], float(worker.get("generating") or 0))
+            if "gpu" in worker.get("queues", []):
+                batch.add_metric([worker["hostname"]], inspect.generating(worker))
         yield batch
         by_stage = GaugeMetricFamily(
             "mimochat_jobs",

@@ -44,6 +44,9 @@ def token():  # noqa: ANN201
     args = request.args
     if args.get("grant_type") != "client_credential":
         return _err(40002, "invalid grant_type")
+    if s.redis.get(key("sandbox", "ip-unlisted")):
+        ip = request.remote_addr or "0.0.0.0"
+        return _err(40164, f"invalid ip {ip} ipv6 ::ffff:{ip}, not in whitelist")
     if args.get("appid") != s.settings.wechat_app_id:
         return _err(40013, "invalid appid")
     if args.get("secret") != s.settings.wechat_app_secret:
@@ -201,6 +204,20 @@ def _json_body_list() -> list | None:
     if not isinstance(body, list) or not all(isinstance(f, dict) for f in body):
         return None
     return body
+
+
+@bp.post("/ip-whitelist")
+def ip_whitelist():  # noqa: ANN201
+    """Take this server off (`{"listed": false}`) or back on the account's IP whitelist."""
+    body = _json_body()
+    if body is None or not isinstance(body.get("listed"), bool):
+        return jsonify(error='expected {"listed": true|false}'), 400
+    flag = key("sandbox", "ip-unlisted")
+    if body["listed"]:
+        services().redis.delete(flag)
+    else:
+        services().redis.set(flag, "1")
+    return jsonify(listed=body["listed"])
 
 
 @bp.post("/account")

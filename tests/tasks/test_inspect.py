@@ -1,51 +1,30 @@
-"""Worker heartbeats in Redis: who is online for which queue, and queue depths."""
+"""Workers ready per queue (from their heartbeats) and queue depths, on a real Redis."""
 
 from __future__ import annotations
 
-import time
-
 import redis
 
+from bot import workers
 from tasks import inspect
 from tests.helpers import unique
 
 
-def test_workers_online_per_queue_and_forgotten(redis_client: redis.Redis) -> None:
-    gpu, io = unique("gpu"), unique("io")
-    inspect.beat(redis_client, gpu, ["gpu"], generating=2)
-    inspect.beat(redis_client, io, ["io"])
+def test_ready_workers_per_queue(redis_client: redis.Redis) -> None:
+    gpu, io, loading = unique("gpu"), unique("io"), unique("gpu")
+    workers.beat(redis_client, gpu, ["gpu"], "ready", {"generating": 2})
+    workers.beat(redis_client, io, ["io"], "ready")
+    workers.beat(redis_client, loading, ["gpu"], "loading")
     try:
         online = inspect.workers_online(redis_client)
         assert gpu in online["gpu"] and gpu not in online["io"]
         assert io in online["io"] and io not in online["gpu"]
-        row = next(w for w in inspect.workers(redis_client) if w["name"] == gpu)
-        assert row["generating"] == "2"
+        assert loading not in online["gpu"]  # still building its engine: takes no job yet
+        row = next(w for w in inspect.workers(redis_client) if w["hostname"] == gpu)
+        assert inspect.generating(row) == 2
     finally:
-        inspect.forget(redis_client, gpu)
+        for name in (gpu, io, loading):
+            workers.gone(redis_client, name)
     assert gpu not in inspect.workers_online(redis_client)["gpu"]
-    inspect.forget(redis_client, io)
-
-
-def test_a_silent_worker_drops_out(redis_client: redis.Redis) -> None:
-    name = unique("w")
-    inspect.beat(redis_client, name, ["gpu"])
-    redis_client.pexpire(f"mimochat:worker:{name}", 50)  # as if its beats had stopped
-    time.sleep(0.1)
-    assert name not in inspect.workers_online(redis_client)["gpu"]
-    assert name not in redis_client.smembers("mimochat:workers")  # pruned from the index
-
-
-def test_heartbeat_thread_beats_then_leaves(redis_client: redis.Redis) -> None:
-    name = unique("w")
-    beat = inspect.Heartbeat(redis_client, name, ["gpu", "io"], lambda: {"generating": 1})
-    beat.start()
-    deadline = time.monotonic() + 5
-    while name not in inspect.workers_online(redis_client)["io"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    beat.stop()
-    assert not beat.is_alive()
-    assert name not in inspect.workers_online(redis_client)["gpu"]
 
 
 def test_queue_depths_count_waiting_jobs(redis_client: redis.Redis) -> None:

