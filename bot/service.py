@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from bot import commands, jobs, reply_mode
+from bot import commands, jobs, logs, moderation, reply_mode
 from bot.conversations import Conversations
 from bot.engine.base import Engine, Generation, GenerationRequest
 from bot.mailbox import PART_LIMIT, Mailbox, is_continue
@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 Job = dict[str, Any]
 Enqueue = Callable[[Job], None]
 
+BUSY_TEXT = (
+    "I'm answering a lot of questions right now. Please ask again in a minute. "
+    "现在提问的人太多了，请一分钟后再问我一次。"
+)
 APOLOGY_TEXT = (
     "Sorry, something went wrong while I was thinking about that. Please ask again in a moment. "
     "抱歉，我刚才出了点问题，请稍后再问一次。"
@@ -46,6 +50,11 @@ class Decision:
     duplicate: bool = False
     attempt: int = 1  # 1 for WeChat's first try, 2.. for its retries
     take_pending: bool = False  # the user asked for the next waiting part
+    busy: bool = False  # the queue was full: the reply says so and nothing was enqueued
+
+
+class QueueFull(Exception):
+    """Raised by an enqueue function when too many questions already wait for a GPU."""
 
 
 @dataclass
@@ -68,6 +77,15 @@ def ingest(
 
     Retries of one message get the first try's decision back: the same job, the same reply.
     """
+    logs.bind(request_id=message.request_id)
+    logs.stage(
+        "received",
+        channel=message.channel,
+        user=message.user,
+        kind=message.kind,
+        msg_id=message.msg_id,
+        text=message.content,
+    )
     dedup_key = key("dedup", message.channel, message.dedup_key)
     decision_key = key("decision", message.channel, message.dedup_key)
     attempt = int(client.incr(key("attempts", message.channel, message.dedup_key)))
@@ -83,6 +101,10 @@ def ingest(
         client.delete(dedup_key, key("attempts", message.channel, message.dedup_key))
         raise
     decision.attempt = attempt
+    if decision.busy:
+        # Not enqueued, so not seen: a retry of this message may go through once there is room.
+        client.delete(dedup_key, key("attempts", message.channel, message.dedup_key))
+        return decision
     client.set(
         decision_key,
         json.dumps({"reply": decision.reply, "job_id": decision.job_id}),
@@ -107,6 +129,8 @@ def _decide(
     message: IncomingMessage, job_id: str, settings: Settings, client: redis.Redis, enqueue: Enqueue
 ) -> Decision:
     store = conversations(settings, client)
+    if message.kind != "event" and moderation.is_blocked(client, message.channel, message.user):
+        return Decision(reply=moderation.BLOCKED_TEXT)
     if message.channel == "wechat" and message.event != "unsubscribe":
         ServiceWindow(settings, client, message.user).open()
     if message.kind == "event":
@@ -130,7 +154,11 @@ def _decide(
     if is_continue(message.content) and _mailbox(settings, client, message).size():
         return Decision(take_pending=True)
     job = make_job(message, job_id)
-    enqueue(job)
+    try:
+        enqueue(job)
+    except QueueFull as exc:
+        logs.stage("busy", channel=message.channel, user=message.user, reason=str(exc))
+        return Decision(reply=BUSY_TEXT, busy=True)
     jobs.record(
         client,
         job["job_id"],

@@ -134,6 +134,24 @@ class Settings:
     dedup_ttl: int = _setting(
         "MIMOCHAT_DEDUP_TTL", 86400, "Seconds a message id is remembered against WeChat retries."
     )
+    max_queue: int = _setting(
+        "MIMOCHAT_MAX_QUEUE",
+        200,
+        "Most questions waiting for a GPU; beyond it users get a polite 'busy' reply (0: no limit).",
+    )
+    shutdown_grace: float = _setting(
+        "MIMOCHAT_SHUTDOWN_GRACE",
+        90.0,
+        "Seconds SIGTERM waits for running generations/requests before handing jobs back.",
+    )
+    metrics_port: int = _setting(
+        "MIMOCHAT_METRICS_PORT",
+        9540,
+        "Port of each worker's Prometheus metrics server (0: none; the web serves /metrics).",
+    )
+    wechat_timeout: float = _setting(
+        "MIMOCHAT_WECHAT_TIMEOUT", 10.0, "Seconds one WeChat API call may take before it fails."
+    )
     # Conversations
     history_ttl: int = _setting(
         "MIMOCHAT_HISTORY_TTL", 604800, "Seconds a conversation is kept after its last turn."
@@ -186,6 +204,12 @@ class Settings:
     # Admin and logs
     admin_token: str = _setting("ADMIN_TOKEN", "", "Token for /admin; empty: the console is off.")
     log_level: str = _setting("MIMOCHAT_LOG_LEVEL", "INFO", "Log level of every process.")
+    log_format: str = _setting(
+        "MIMOCHAT_LOG_FORMAT", "logfmt", "logfmt (key=value lines) | json (one object a line)."
+    )
+    log_user_text: bool = _setting(
+        "MIMOCHAT_LOG_USER_TEXT", False, "Put users' questions and answers in the logs (privacy)."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: bool = True) -> Settings:

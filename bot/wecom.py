@@ -1,5 +1,8 @@
 """WeCom intelligent robot use cases: group threads, streamed answers and the response_url fallback.
 
+Generation is `service.answer` itself (the job's `user` is the thread's scope key); this module
+decides what each callback gets and who delivers the final answer.
+
 A question gets a `stream` reply at once; WeCom then polls with stream-refresh callbacks and
 each reply carries the full text so far (read from `bot.progress`) until `finish: true`. The
 final answer is delivered exactly once: by the refresh that finds it done (`final_by=stream`),
@@ -21,9 +24,8 @@ from typing import Any
 
 import redis
 
-from bot import commands, jobs, progress, service
+from bot import commands, jobs, logs, moderation, progress, service
 from bot.channels.wecom import CONTENT_LIMIT, fit_content, stream_reply, text_reply
-from bot.engine.base import Engine
 from bot.formatting import utf8_len
 from bot.messages import IncomingMessage, new_id
 from bot.settings import WECOM_SCOPES, Settings
@@ -290,6 +292,8 @@ def _decide(
     if not allowed(settings, message):
         log.info("wecom group %s is not on the allowlist", message.chat_id)
         return _immediate(streams, stream_id, NOT_ALLOWED_TEXT)
+    if moderation.is_blocked(client, CHANNEL, message.user):
+        return _immediate(streams, stream_id, moderation.BLOCKED_TEXT)
     if message.kind not in ("text", "voice", "mixed"):
         return _immediate(streams, stream_id, commands.IMAGE_TEXT)
     content = message.content
@@ -322,8 +326,13 @@ def _decide(
         chat_id=message.chat_id,
         chat_type=message.chat_type,
     )
+    try:
+        enqueue(job)
+    except service.QueueFull as exc:
+        release(client, message.user, stream_id)
+        logs.stage("busy", channel=CHANNEL, user=message.user, reason=str(exc))
+        return _immediate(streams, stream_id, service.BUSY_TEXT)
     streams.put(stream_id, job_id=job["job_id"], scope=scope, question=content[:500])
-    enqueue(job)
     jobs.record(
         client,
         job["job_id"],
@@ -378,12 +387,6 @@ def refresh(stream_id: str, *, settings: Settings, client: redis.Redis) -> dict[
         log.info("wecom stream %s closed at the window; answer goes to response_url", stream_id)
         return stream_reply(stream_id, content, True)
     return stream_reply(stream_id, render_stream(settings, state, now), False)
-
-
-def answer(job: Job, *, settings: Settings, client: redis.Redis, engine: Engine) -> Job:
-    """Generate a WeCom job's answer into its thread; returns the check job for the fallback."""
-    service.answer(job, settings=settings, client=client, engine=engine)
-    return {"stream_id": job["stream_id"], "job_id": job["job_id"]}
 
 
 def check_stream(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery, Task
 
-from bot import wecom
+from bot import metrics, service, wecom
 from bot.settings import Settings
 from bot.wecom_api import WeComAPIError, post_markdown
 from tasks import runtime
@@ -23,13 +24,19 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name=GENERATE, acks_late=True)
     def generate(job: dict) -> None:
-        check = wecom.answer(
-            job,
-            settings=settings,
-            client=runtime.redis_client(settings),
-            engine=runtime.engine(settings),
-        )
-        # If no refresh takes the answer within the grace period, response_url gets it.
+        started = time.time()
+        with metrics.generating():
+            result = service.answer(
+                job,
+                settings=settings,
+                client=runtime.redis_client(settings),
+                engine=runtime.engine(settings),
+            )
+        if float(result.get("answered_at") or 0) >= started:  # not an earlier try's answer
+            metrics.generation_done(result)
+        # Stream refreshes read the answer from Redis; if none takes it in the grace period,
+        # the check posts it to response_url.
+        check = {"stream_id": job["stream_id"], "job_id": job["job_id"]}
         app.send_task(CHECK, args=[check], queue=IO_QUEUE, countdown=settings.wecom_fallback_grace)
 
     @app.task(name=CHECK, bind=True, acks_late=True, max_retries=MAX_RETRIES)

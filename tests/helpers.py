@@ -17,6 +17,7 @@ ACCOUNT = "gh_test_account"
 # WeCom's published callback sample (token, EncodingAESKey): the robot under test uses them.
 WECOM_TOKEN = "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo"
 WECOM_AES_KEY = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt"
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
 
 def free_port() -> int:

@@ -55,11 +55,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
     )
 
-    from webhooks import health, wechat, wecom
+    from webhooks import health, metrics, wechat, wecom
 
     app.register_blueprint(wechat.bp)
     app.register_blueprint(wecom.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
+    from webhooks import admin
+
+    admin.init_app(app, settings)
     if settings.sandbox:
         from webhooks import sandbox, sandbox_wecom
 

@@ -44,6 +44,9 @@ def token():  # noqa: ANN201
     args = request.args
     if args.get("grant_type") != "client_credential":
         return _err(40002, "invalid grant_type")
+    if s.redis.get(key("sandbox", "ip-unlisted")):
+        ip = request.remote_addr or "0.0.0.0"
+        return _err(40164, f"invalid ip {ip} ipv6 ::ffff:{ip}, not in whitelist")
     if args.get("appid") != s.settings.wechat_app_id:
         return _err(40013, "invalid appid")
     if args.get("secret") != s.settings.wechat_app_secret:
@@ -54,11 +57,19 @@ def token():  # noqa: ANN201
 
 
 def _injected_fault():  # noqa: ANN202
-    """The next planned failure, if a test or the console planned one (see `faults`)."""
+    """The next planned failure, if a test or the console planned one (see `faults`).
+
+    A fault with `"on": "send"` (or `"typing"`) waits for a call of that kind; others pass it.
+    """
     raw = services().redis.lpop(key("sandbox", "faults"))
     if raw is None:
         return None
     fault = json.loads(raw)
+    if fault.get("on") and not request.path.endswith("/" + fault["on"]):
+        services().redis.lpush(key("sandbox", "faults"), raw)  # for the next call of its kind
+        return None
+    applied = {**fault, "path": request.path, "at": time.time()}
+    services().redis.rpush(key("sandbox", "faults", "applied"), json.dumps(applied))
     if fault.get("delay"):
         time.sleep(float(fault["delay"]))
     if fault.get("status"):
@@ -163,15 +174,26 @@ def custom_typing():  # noqa: ANN201
 
 @bp.post("/faults")
 def faults():  # noqa: ANN201
-    """Plan failures for the next API calls: a JSON list of {status|errcode|delay}."""
+    """Plan failures for the next API calls: a JSON list of {status|errcode|delay[, on]}."""
     plan = _json_body_list()
     if plan is None:
         return jsonify(error="expected a JSON list of {status, errcode, delay}"), 400
     client = services().redis
-    client.delete(key("sandbox", "faults"))
+    client.delete(key("sandbox", "faults"), key("sandbox", "faults", "applied"))
     if plan:
         client.rpush(key("sandbox", "faults"), *(json.dumps(f) for f in plan))
     return jsonify(planned=len(plan))
+
+
+@bp.get("/faults")
+def faults_seen():  # noqa: ANN201
+    """The failures still planned and those applied so far (with the path and time of each)."""
+    client = services().redis
+    planned = client.lrange(key("sandbox", "faults"), 0, -1)
+    applied = client.lrange(key("sandbox", "faults", "applied"), 0, -1)
+    return jsonify(
+        planned=[json.loads(f) for f in planned], applied=[json.loads(f) for f in applied]
+    )
 
 
 def _json_body_list() -> list | None:
@@ -182,6 +204,20 @@ def _json_body_list() -> list | None:
     if not isinstance(body, list) or not all(isinstance(f, dict) for f in body):
         return None
     return body
+
+
+@bp.post("/ip-whitelist")
+def ip_whitelist():  # noqa: ANN201
+    """Take this server off (`{"listed": false}`) or back on the account's IP whitelist."""
+    body = _json_body()
+    if body is None or not isinstance(body.get("listed"), bool):
+        return jsonify(error='expected {"listed": true|false}'), 400
+    flag = key("sandbox", "ip-unlisted")
+    if body["listed"]:
+        services().redis.delete(flag)
+    else:
+        services().redis.set(flag, "1")
+    return jsonify(listed=body["listed"])
 
 
 @bp.post("/account")

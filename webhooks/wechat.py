@@ -8,6 +8,7 @@ from flask import Blueprint, Response, request
 
 from bot import service
 from bot.channels.wechat import parse_message, render_text_reply
+from webhooks import metrics
 from webhooks.app import services
 
 bp = Blueprint("wechat", __name__)
@@ -31,6 +32,7 @@ def receive() -> Response:
         message, settings=s.settings, client=s.redis, enqueue=s.producer.generation
     )
     reply = service.respond(message, decision, settings=s.settings, client=s.redis, started=started)
+    metrics.note(decision, held=reply.hold > 0)
     if reply.hold:
         # Passive mode, answer not ready: stay silent so WeChat times out and retries.
         time.sleep(reply.hold)

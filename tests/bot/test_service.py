@@ -169,3 +169,32 @@ def test_continue_keyword(
         assert (reply.text, queued) == (expected, [])
     else:
         assert len(queued) == 1  # nothing waits: "继续" is just a message for the model
+
+
+def test_full_queue_answers_busy_and_keeps_the_message_unseen(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A full queue: a polite reply now, nothing queued, and a later retry still goes through."""
+
+    def full(_job: dict) -> None:
+        raise service.QueueFull("5 waiting, limit 5")
+
+    m = message(unique(), "hello")
+    busy = service.ingest(m, settings=settings, client=redis_client, enqueue=full)
+    assert (busy.busy, busy.reply, busy.job) == (True, service.BUSY_TEXT, None)
+    queued: list[dict] = []
+    again = service.ingest(m, settings=settings, client=redis_client, enqueue=queued.append)
+    assert (again.busy, again.duplicate, len(queued)) == (False, False, 1)
+
+
+def test_commands_are_answered_even_when_the_queue_is_full(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    def full(_job: dict) -> None:
+        raise service.QueueFull("full")
+
+    decision = service.ingest(
+        message(unique(), "/help"), settings=settings, client=redis_client, enqueue=full
+    )
+    assert not decision.busy
+    assert decision.reply

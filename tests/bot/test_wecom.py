@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from bot import commands, jobs, progress, service, wecom
+from bot import commands, jobs, moderation, progress, service, wecom
 from bot.channels.wecom import CONTENT_LIMIT
 from bot.engine import get_engine
 from bot.formatting import utf8_len
@@ -401,10 +401,27 @@ def test_answer_with_the_tiny_engine_lands_in_the_scope_thread(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     job, reply = start(settings, redis_client, user="erin", chat="g-tiny-" + unique(""))
-    check = wecom.answer(job, settings=settings, client=redis_client, engine=get_engine(settings))
-    assert check == {"stream_id": reply.stream_id, "job_id": job["job_id"]}
+    service.answer(job, settings=settings, client=redis_client, engine=get_engine(settings))
     assert progress.read(redis_client, job["job_id"])["state"] == "done"
     history = service.conversations(settings, redis_client).history("wecom", job["user"])
     assert [m["role"] for m in history] == ["user", "assistant"]
     final = wecom.refresh(reply.stream_id, settings=settings, client=redis_client)["stream"]
     assert final["finish"] and final["content"].endswith(history[1]["content"])
+
+
+def test_blocked_person_and_full_queue_get_a_notice_and_no_job(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    user = unique("u")
+    moderation.block(redis_client, "wecom", user)
+    queue = Queue()
+    blocked = ingest(msg(user=user), settings, redis_client, queue)
+    assert (stream(blocked)["content"], queue.jobs) == (moderation.BLOCKED_TEXT, [])
+
+    def full(_job: dict) -> None:
+        raise service.QueueFull("9 waiting, limit 9")
+
+    other = unique("u")
+    busy = wecom.ingest(msg(user=other), settings=settings, client=redis_client, enqueue=full)
+    assert (stream(busy)["content"], stream(busy)["finish"]) == (service.BUSY_TEXT, True)
+    assert wecom.in_flight(redis_client, other) == 0

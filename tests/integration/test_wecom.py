@@ -19,7 +19,7 @@ from bot import wecom
 from bot.settings import Settings
 from tests.conftest import Stack
 from tests.helpers import unique
-from tests.integration.conftest import StackSpec, running_stacks
+from tests.integration.wecom_stacks import StackSpec, running_stacks
 
 pytestmark = pytest.mark.integration
 
