@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import Any
 
 import redis
 
-from bot import jobs, moderation, progress, simulator
+from bot import jobs, moderation, progress, simulator, simulator_wecom
 from bot.conversations import Conversations
 from bot.settings import Settings
 from bot.store import key
@@ -58,10 +59,12 @@ def _num(record: dict[str, str], name: str) -> float | None:
         return None
 
 
-def timeline(record: dict[str, str], sim: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def timeline(
+    record: dict[str, str], sim: dict[str, Any] | None = None, origin: float | None = None
+) -> list[dict[str, Any]]:
     """The stages of one job in order, each with when it happened (seconds after the webhook
-    got it) and what it tells in words."""
-    start = _num(record, "received_at")
+    got it, or after `origin` when the job is unknown here) and what it tells in words."""
+    start = _num(record, "received_at") or origin
     rows: list[dict[str, Any]] = []
 
     def row(stage: str, detail: str, at: float | None, ok: bool = True) -> None:
@@ -83,7 +86,8 @@ def timeline(record: dict[str, str], sim: dict[str, Any] | None = None) -> list[
             "webhook",
             f"HTTP {status} in {last.get('seconds', 0) * 1000:.0f} ms"
             + (f" after {len(tries)} tries" if len(tries) > 1 else "")
-            + (" — passive reply" if sim.get("passive_reply") else ""),
+            + (" — passive reply" if sim.get("passive_reply") else "")
+            + _wecom_reply_note(sim),
             sim.get("sent_at"),
             bool(sim.get("ok")),
         )
@@ -111,10 +115,21 @@ def timeline(record: dict[str, str], sim: dict[str, Any] | None = None) -> list[
             "answer comes with their next message",
             at,
         )
+    if (at := _num(record, "handed_over_at")) is not None:
+        row(
+            "handed over",
+            "not ready within WECOM_STREAM_WINDOW: the stream was closed with a note and the "
+            "answer goes to the message's response_url",
+            at,
+        )
     if (at := _num(record, "delivered_at")) is not None:
         parts = record.get("parts", "?")
         plural = "s" if parts != "1" else ""
-        if record.get("via") == "next_message":
+        if record.get("via") == "stream":
+            detail = "finished by a stream refresh: the chat shows the whole answer"
+        elif record.get("via") == "response_url":
+            detail = "posted as Markdown to the message's response_url (the stream had ended)"
+        elif record.get("via") == "next_message":
             detail = f"{parts} part{plural} handed to the passive reply (or the next message)"
         else:
             detail = f"{parts} message{plural} sent through the customer-service API"
@@ -128,6 +143,13 @@ def timeline(record: dict[str, str], sim: dict[str, Any] | None = None) -> list[
             False,
         )
     return rows
+
+
+def _wecom_reply_note(sim: dict[str, Any]) -> str:
+    reply = sim.get("reply") or {}
+    if reply.get("msgtype") != "stream":
+        return f" — {reply['msgtype']} reply" if reply.get("msgtype") else ""
+    return " — finished stream" if (reply.get("stream") or {}).get("finish") else " — stream"
 
 
 def job_view(client: redis.Redis, settings: Settings, job_id: str) -> dict[str, Any] | None:
@@ -163,6 +185,110 @@ def job_view(client: redis.Redis, settings: Settings, job_id: str) -> dict[str, 
             k: answer.get(k) for k in ("prompt_tokens", "reasoning_tokens", "answer_tokens")
         },
         "messages": simulator.sandbox_outbox(settings, user, since) if user else None,
+    }
+
+
+def _chat_rows(chat: dict[str, Any], origin: float | None) -> list[dict[str, Any]]:
+    """Timeline rows for what the chat showed: first text, finish, late message, failures."""
+    rows: list[dict[str, Any]] = []
+
+    def row(stage: str, detail: str, at: float, ok: bool = True) -> None:
+        after = None if origin is None else round(at - origin, 3)
+        rows.append({"stage": stage, "at": at, "after": after, "detail": detail, "ok": ok})
+
+    stream = chat["stream"]
+    if stream:
+        versions = stream["versions"]
+        if first := next((v for v in versions if v["refresh"] and not v["finish"]), None):
+            row(
+                "streaming",
+                f"the chat shows model text from refresh {first['refresh']}; "
+                f"{len(versions)} versions over {chat['refreshes']} refreshes",
+                first["at"],
+            )
+        if stream["finish"]:
+            last = versions[-1]
+            how = (
+                "closed with “the full answer will follow”"
+                if stream["handed_over"]
+                else ("finished: the chat shows the whole answer")
+            )
+            row("stream end", f"refresh {last['refresh']}: the stream {how}", last["at"])
+    if late := chat["response_url"]:
+        row(
+            "response_url", f"a Markdown message arrived ({len(late['content'])} chars)", late["at"]
+        )
+    for error in chat["errors"]:
+        where = f"refresh {error['refresh']}" if error.get("refresh") else "the message"
+        row(
+            "error",
+            f"{where}: HTTP {error.get('status')} {error.get('body', '')}"[:300],
+            error["at"],
+            False,
+        )
+    for event in chat["events"]:
+        if event["kind"] in ("refresh_stopped", "refresh_expired"):
+            why = "stopped" if event["kind"] == "refresh_stopped" else "gave up after 6 minutes"
+            row("refreshes", f"WeCom {why} after {event['refresh']} refreshes", event["at"], False)
+    return rows
+
+
+def wecom_view(client: redis.Redis, settings: Settings, sim_id: str) -> dict[str, Any] | None:
+    """One simulated WeCom message as the chat saw it, with its job's timeline when the job
+    is in this Redis (a public URL's deployment may keep its own)."""
+    sim = simulator.load(client, sim_id)
+    if not simulator_wecom.is_wecom(sim):
+        return None
+    job_id = sim.get("job_id") or ""
+    record = jobs.get(client, job_id) if job_id else {}
+    chat = simulator_wecom.transcript(client, sim_id)
+    store = Conversations(client, settings.history_ttl, settings.history_max_turns)
+    answer = (store.stored_answer(job_id) if job_id else None) or {}
+    origin = _num(record, "received_at") or sim.get("sent_at")
+    rows = timeline(record, sim, origin) + _chat_rows(chat, origin)
+    rows.sort(key=lambda r: (r["at"] is None, r["at"] or 0.0))
+    stream = chat["stream"]
+    handed = bool(stream and stream["handed_over"]) or "handed_over_at" in record
+    finished = bool(stream and stream["finish"] and not handed)
+    if "delivered_at" in record:
+        via = record.get("via")
+    else:
+        via = "response_url" if chat["response_url"] else "stream" if finished else None
+    ended = chat["loop"] != "running"
+    if not sim.get("ok") or chat["response_url"] or finished or "failed_at" in record:
+        done = True
+    elif stream is None or not record:
+        # Nothing to wait for here, or the job lives in another Redis: a late answer gets
+        # the robot's grace period to arrive through response_url.
+        waited = time.time() - (chat["loop_ended_at"] or time.time())
+        done = ended and (stream is None or waited > settings.wecom_fallback_grace + 5)
+    else:
+        done = False
+    live = progress.read(client, job_id) if job_id else {}
+    return {
+        "kind": "wecom",
+        "sim_id": sim_id,
+        "job_id": job_id or None,
+        "stage": record.get("stage", ""),
+        "done": done,
+        "delivered_via": via,
+        "channel": sim["channel"],
+        "user": sim.get("user", ""),
+        "chat_id": sim.get("chat_id", ""),
+        "question": record.get("text", sim.get("text", "")),
+        "simulation": sim,
+        "timeline": rows,
+        "chat": chat,
+        "progress": {
+            "state": live.get("state", "queued" if record else ""),
+            "answer": live.get("answer", ""),
+            "reasoning": live.get("reasoning", ""),
+        },
+        "answer": answer.get("answer"),
+        "reasoning": answer.get("reasoning"),
+        "tokens": {
+            k: answer.get(k) for k in ("prompt_tokens", "reasoning_tokens", "answer_tokens")
+        },
     }
 
 

@@ -4,7 +4,8 @@ It builds the exact request WeChat's servers make (signature, timestamp, nonce, 
 mode), posts it to a webhook — the local one or the public URL of a deployment, through its
 proxy — and behaves like WeChat when the webhook is slow: a try that has not answered in 5 s
 is abandoned and the same message (same MsgId) is sent again, up to 3 more times. The protocol
-itself lives in `bot/channels/`; this module only drives it over HTTP.
+itself lives in `bot/channels/`; this module only drives it over HTTP. The WeCom robot's
+channels build their callbacks in `bot.simulator_wecom` and are sent by the same `send`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class SimChannel:
     available: bool
     note: str = ""
     group: bool = False  # asks for a group id too
+    path: str = "/wechat"  # the webhook it speaks to on a mimochat server
 
 
 CHANNELS: dict[str, SimChannel] = {
@@ -50,16 +52,8 @@ CHANNELS: dict[str, SimChannel] = {
     for c in (
         SimChannel("wechat_plain", "Official Account — plaintext mode", True),
         SimChannel("wechat_aes", "Official Account — safe mode (AES)", True),
-        SimChannel(
-            "wecom_single", "WeCom robot — single chat", False, "arrives with the WeCom robot"
-        ),
-        SimChannel(
-            "wecom_group",
-            "WeCom robot — group, @mention",
-            False,
-            "arrives with the WeCom robot",
-            group=True,
-        ),
+        SimChannel("wecom_single", "WeCom robot — single chat", True, path="/wecom"),
+        SimChannel("wecom_group", "WeCom robot — group, @mention", True, group=True, path="/wecom"),
     )
 }
 
@@ -72,8 +66,11 @@ class Outgoing:
     user: str
     msg_id: str
     signed: Callable[[], tuple[dict[str, str], str]]
-    open_reply: Callable[[str], dict[str, str]]
+    open_reply: Callable[[str], dict[str, Any]]
     path: str = "/wechat"
+    content_type: str = "text/xml"
+    # Reads the webhook's last answer into the simulation's verdict (the platform's view).
+    judge: Callable[[Simulation, Outgoing, requests.Response | None], None] | None = None
 
 
 def check_url(url: str) -> str:
@@ -93,6 +90,8 @@ def build(
         raise SimulationError(f"unknown channel {channel!r}; one of {', '.join(CHANNELS)}")
     if not spec.available:
         raise SimulationError(f"{spec.label}: {spec.note}")
+    if spec.path != "/wechat":
+        raise SimulationError(f"{spec.label}: built by bot.simulator_wecom")
     if not user or not text:
         raise SimulationError("a user id and a message are needed")
     if not settings.wechat_token:
@@ -151,6 +150,11 @@ class Simulation:
     verdict: str = ""
     ok: bool = False
     job_id: str | None = None
+    # WeCom: the simulation's own id (its chat record), the group, and the decrypted reply.
+    sim_id: str = ""
+    chat_id: str = ""
+    reply: dict[str, Any] | None = None
+    stream_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict."""
@@ -180,7 +184,7 @@ def send(
                 url,
                 params=params,
                 data=body.encode(),
-                headers={"Content-Type": "text/xml", "User-Agent": "Mozilla/4.0"},
+                headers={"Content-Type": out.content_type, "User-Agent": "Mozilla/4.0"},
                 timeout=(min(3.0, retry_after), retry_after),
                 allow_redirects=False,  # WeChat does not follow redirects
             )
@@ -198,7 +202,11 @@ def send(
         )
         if res.status_code < 500:
             break  # 5xx: WeChat tries again, like after a timeout
-    _judge(sim, out, last)
+    (out.judge or _judge)(sim, out, last)
+    if len(sim.attempts) > 1:
+        sim.verdict += (
+            f" (after {len(sim.attempts) - 1} retr{'y' if len(sim.attempts) == 2 else 'ies'})"
+        )
     return sim
 
 
@@ -248,24 +256,25 @@ def _judge(sim: Simulation, out: Outgoing, res: requests.Response | None) -> Non
                 f"acknowledged in {sim.attempts[-1].seconds * 1000:.0f} ms; the answer follows "
                 "through the customer-service API"
             )
-    if len(sim.attempts) > 1:
-        sim.verdict += (
-            f" (after {len(sim.attempts) - 1} retr{'y' if len(sim.attempts) == 2 else 'ies'})"
-        )
 
 
 def find_job(client: redis.Redis, channel: str, user: str, msg_id: str) -> str | None:
     """The job the webhook made for this message, if it made one."""
     for row in jobs.recent(client, 100):
-        if row.get("msg_id") == msg_id and row.get("user") == user:
+        same = row.get("msg_id") == msg_id and row.get("user") == user
+        if same and row.get("channel", channel) == channel:
             return row["job_id"]
     return None
 
 
 def save(client: redis.Redis, sim: Simulation) -> None:
-    """Keep a simulation under its job id so the console can show it next to the timeline."""
-    if sim.job_id:
-        client.set(key("sim", sim.job_id), json.dumps(sim.to_dict()), ex=SIM_TTL)
+    """Keep a simulation under its own id (WeCom) or its job id, for the console to show."""
+    if sim.sim_id or sim.job_id:
+        client.set(
+            key("sim", sim.sim_id or sim.job_id),
+            json.dumps(sim.to_dict(), ensure_ascii=False),
+            ex=SIM_TTL,
+        )
 
 
 def load(client: redis.Redis, job_id: str) -> dict[str, Any] | None:

@@ -9,9 +9,9 @@ import redis
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from bot import admin, doctor, simulator, stats
+from bot import admin, doctor, simulator, simulator_wecom, stats
 from bot.store import Unavailable
-from webhooks.admin.auth import api_auth
+from webhooks.admin.auth import OFF_TEXT, api_auth, console_on
 from webhooks.app import services
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
@@ -42,8 +42,11 @@ def _text(data: dict[str, Any], name: str, limit: int = 2000) -> str:
     return value.strip()[:limit] if isinstance(value, str) else ""
 
 
-def _local_webhook() -> str:
-    return url_for("wechat.receive", _external=True)
+def _local_webhook(channel: str = "wechat_plain") -> str:
+    """This server's webhook for a simulator channel (/wechat or /wecom)."""
+    spec = simulator.CHANNELS.get(channel)
+    endpoint = "wecom.receive" if spec and spec.path == "/wecom" else "wechat.receive"
+    return url_for(endpoint, _external=True)
 
 
 @bp.get("/stats")
@@ -68,25 +71,50 @@ def get_doctor():  # noqa: ANN201
 def get_channels():  # noqa: ANN201
     """What the simulator can speak as."""
     return jsonify(
-        channels=[vars(c) for c in simulator.CHANNELS.values()], local_url=_local_webhook()
+        channels=[vars(c) for c in simulator.CHANNELS.values()],
+        local_url=_local_webhook(),
+        local_urls={name: _local_webhook(name) for name in simulator.CHANNELS},
     )
+
+
+def _simulate_wecom(channel: str, data: dict[str, Any], url: str):  # noqa: ANN202
+    """A WeCom message: sent now, its stream refreshed in the background (see GET simulate/<id>)."""
+    s = services()
+    refreshes = data.get("refreshes")
+    if refreshes is not None and (not isinstance(refreshes, int) or refreshes < 0):
+        return jsonify(error="refreshes must be a non-negative integer"), 400
+    try:
+        sim = simulator_wecom.simulate(
+            s.settings,
+            s.redis,
+            channel,
+            _text(data, "user", 128),
+            _text(data, "text"),
+            url=url,
+            sink=url_for("admin_api.wecom_response", _external=True),
+            chat_id=_text(data, "chat_id", 128),
+            refreshes=refreshes,
+        )
+    except simulator.SimulationError as exc:
+        return jsonify(error=str(exc)), 400
+    return jsonify(sim.to_dict())
 
 
 @bp.post("/simulate")
 @api_auth
 def simulate():  # noqa: ANN201
-    """Send one message as the platform would; returns the webhook's answer and the job id."""
+    """Send one message as the platform would; returns the webhook's answer and the job id
+    (WeCom: also the simulation's id, whose view shows the stream growing)."""
     s = services()
     data = _body()
-    url = _text(data, "url") or _local_webhook()
+    channel = _text(data, "channel", 40) or (
+        "wechat_aes" if s.settings.encrypted else "wechat_plain"
+    )
+    url = _text(data, "url") or _local_webhook(channel)
+    if channel.startswith("wecom"):
+        return _simulate_wecom(channel, data, url)
     try:
-        out = simulator.build(
-            s.settings,
-            _text(data, "channel", 40)
-            or ("wechat_aes" if s.settings.encrypted else "wechat_plain"),
-            _text(data, "user", 128),
-            _text(data, "text"),
-        )
+        out = simulator.build(s.settings, channel, _text(data, "user", 128), _text(data, "text"))
         simulator.open_sandbox_window(s.settings, out.user)
         sim = simulator.send(
             out,
@@ -106,12 +134,29 @@ def simulate():  # noqa: ANN201
 @bp.get("/simulate/<job_id>")
 @api_auth
 def simulation(job_id: str):  # noqa: ANN201
-    """One job: timeline, progress text, reasoning, messages the user received."""
+    """One job (or WeCom simulation): timeline, text so far, reasoning, what the user saw."""
     s = services()
-    view = admin.job_view(s.redis, s.settings, job_id[:64])
+    job_id = job_id[:64]
+    view = admin.wecom_view(s.redis, s.settings, job_id) or admin.job_view(
+        s.redis, s.settings, job_id
+    )
     if view is None:
         return jsonify(error="no such job (unknown or expired)"), 404
     return jsonify(view)
+
+
+@bp.post("/wecom/response")
+def wecom_response():  # noqa: ANN201
+    """The response_url of simulated WeCom messages. Like WeCom's own, its one-use code is the
+    credential: the robot posts here with no admin token."""
+    if not console_on():
+        return jsonify(error=OFF_TEXT), 404
+    errcode, errmsg = simulator_wecom.accept_response(
+        services().redis,
+        request.args.get("response_code", "")[:64],
+        request.get_json(silent=True),
+    )
+    return jsonify(errcode=errcode, errmsg=errmsg)
 
 
 @bp.post("/verify-url")

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 
-from bot import admin, simulator
+from bot import admin, simulator, simulator_wecom
 from webhooks.admin.auth import (
     CSRF_FIELD,
     OFF_TEXT,
@@ -106,11 +106,17 @@ def live():  # noqa: ANN201
 def simulator_page():  # noqa: ANN201
     """Chat simulator."""
     local = url_for("wechat.receive", _external=True)
+    wecom = url_for("wecom.receive", _external=True)
     return render_template(
         "admin/simulator.html",
         page="simulator",
         channels=list(simulator.CHANNELS.values()),
         local_url=local,
+        local_urls={
+            c.name: wecom if c.path == "/wecom" else local for c in simulator.CHANNELS.values()
+        },
+        default_group=simulator_wecom.DEFAULT_GROUP,
+        refresh=services().settings.wecom_sandbox_refresh_interval,
         encrypted=services().settings.encrypted,
         timeout=services().settings.wechat_platform_timeout,
         attempts=services().settings.wechat_attempts,

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 import requests
 from flask.testing import FlaskClient
 
-from bot import commands, jobs, moderation
+from bot import commands, jobs, moderation, wecom
 from bot.conversations import Conversations
+from bot.progress import ProgressWriter
 from bot.settings import Settings
 from bot.store import connect
+from bot.wecom_api import post_markdown
 from tests.conftest import Stack
 from tests.helpers import ADMIN_TOKEN, unique
 
@@ -85,7 +88,8 @@ def test_simulate_shows_a_passive_reply(live_admin: tuple[str, Settings]) -> Non
     ("body", "error"),
     [
         ({"channel": "telegram", "user": "u", "text": "t"}, "unknown channel"),
-        ({"channel": "wecom_group", "user": "u", "text": "t"}, "arrives with the WeCom robot"),
+        ({"channel": "wecom_group", "user": "u", "text": ""}, "a user id and a message"),
+        ({"channel": "wecom_single", "user": "u", "text": "t", "refreshes": -1}, "refreshes"),
         ({"user": "u", "text": ""}, "a user id and a message"),
         ({"user": "u", "text": "t", "url": "ftp://example.invalid/wechat"}, "not an http(s) URL"),
     ],
@@ -205,3 +209,94 @@ def test_simulator_retries_like_wechat_when_the_answer_is_slow(
     assert len([j for j in jobs.recent(stack.redis, 100) if j.get("user") == user]) == 1
     view = call(base, "GET", f"simulate/{sim['job_id']}").json()
     assert "notice" in [row["stage"] for row in view["timeline"]]
+
+
+# --- WeCom robot channels ---
+
+
+def wait_view(base: str, sim_id: str, timeout: float = 60.0) -> dict:
+    """The simulation's view once the page would stop polling (done)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = call(base, "GET", f"simulate/{sim_id}").json()
+        if view["done"]:
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"simulation {sim_id} not done in {timeout}s: {view}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("channel", "public"),
+    [("wecom_single", False), ("wecom_group", False), ("wecom_group", True)],
+    ids=["single", "group", "group-public-url"],
+)
+def test_wecom_simulation_streams_the_answer(
+    admin_on_stack: tuple[str, Settings], stack: Stack, channel: str, public: bool
+) -> None:
+    """The console plays WeCom against /wecom (its own, or the stack's as a "public URL"):
+    encrypted callback, @mention in a group, stream refreshes until the answer is finished."""
+    base, _ = admin_on_stack
+    user, group = unique("zhang"), unique("g") if channel == "wecom_group" else ""
+    body = {"channel": channel, "user": user, "text": "What is 2+2?", "chat_id": group}
+    if public:
+        body["url"] = f"{stack.url}/wecom"
+    sim = call(base, "POST", "simulate", json=body).json()
+    assert sim["ok"] and sim["sim_id"] and sim["job_id"], sim
+    assert sim["url"] == body.get("url", f"{base}/wecom")
+    assert sim["reply"]["msgtype"] == "stream" and not sim["reply"]["stream"]["finish"]
+    assert "stream started" in sim["verdict"]
+    view = wait_view(base, sim["sim_id"])
+
+    record = jobs.get(stack.redis, sim["job_id"])
+    assert record["text"] == "What is 2+2?"  # the robot stripped the @mention
+    assert record.get("chat_id", "") == group
+    said = view["chat"]["events"][0]
+    assert said["text"] == ("@MiMo What is 2+2?" if group else "What is 2+2?")
+    stream = view["chat"]["stream"]
+    assert stream["finish"] and not stream["handed_over"]
+    assert stream["versions"][0]["refresh"] == 0 and not stream["versions"][0]["finish"]
+    assert view["chat"]["refreshes"] >= 1 and view["chat"]["loop"] == "finished"
+    assert view["delivered_via"] == "stream" and view["chat"]["response_url"] is None
+    # What the chat shows is the stored answer, the asker quoted in a group.
+    assert stream["answer"].strip() == view["answer"].strip()
+    assert (stream["asker"], stream["question"]) == ((user, "What is 2+2?") if group else ("", ""))
+    assert stream["reasoning"] == (view["reasoning"] or "").strip()
+    stages = [row["stage"] for row in view["timeline"]]
+    for stage in ("webhook", "received", "started", "generated", "delivered", "stream end"):
+        assert stage in stages, stages
+    delivered = next(r for r in view["timeline"] if r["stage"] == "delivered")
+    assert "stream refresh" in delivered["detail"]
+    generated = next(r for r in view["timeline"] if r["stage"] == "generated")
+    assert "reasoning +" in generated["detail"] and "answer tokens" in generated["detail"]
+
+
+def test_wecom_answer_after_the_stream_arrives_by_response_url(
+    live_admin: tuple[str, Settings],
+) -> None:
+    """No worker on db 1: the answer is planted as generation would leave it, refreshes stop at
+    once, and the robot's own check posts it (over HTTP) to the response_url the console gave."""
+    base, settings = live_admin
+    client = connect(settings.redis_url)
+    body = {"channel": "wecom_group", "user": unique("li"), "text": "late?", "refreshes": 0}
+    sim = call(base, "POST", "simulate", json=body).json()
+    assert sim["ok"] and sim["job_id"], sim
+    ProgressWriter(client, sim["job_id"]).finish("It is 4.", "two and two")
+    outcome = wecom.check_stream(
+        sim["stream_id"], settings=settings, client=client, post=post_markdown
+    )
+    assert outcome == "posted"
+    view = wait_view(base, sim["sim_id"], timeout=10)
+    late = view["chat"]["response_url"]
+    assert (late["asker"], late["question"], late["answer"]) == (body["user"], "late?", "It is 4.")
+    assert view["delivered_via"] == "response_url"
+    stages = {row["stage"]: row for row in view["timeline"]}
+    assert "response_url" in stages["delivered"]["detail"]
+    assert not stages["refreshes"]["ok"]  # WeCom stopped refreshing: why the late route
+    assert view["chat"]["stream"]["answer"] == ""  # the group saw only "Thinking…" streamed
+    # The response_url works once, as WeCom's does.
+    response_url = wecom.Streams(client).get(sim["stream_id"])["response_url"]
+    assert response_url.startswith(f"{base}/admin/api/wecom/response?response_code=")
+    markdown = {"msgtype": "markdown", "markdown": {"content": "twice"}}
+    again = requests.post(response_url, json=markdown, timeout=5).json()
+    assert again["errcode"] == 40058

@@ -86,20 +86,58 @@ function renderJob(entry, view) {
   entry.querySelector(".progress").textContent = view.done
     ? `answer: ${view.tokens.reasoning_tokens ?? "?"} reasoning + ${view.tokens.answer_tokens ?? "?"} answer tokens`
     : `${p.state || "queued"}… ${p.answer ? "“" + p.answer.slice(-120) + "”" : ""}`;
-  const reasoning = view.reasoning ?? p.reasoning;
-  const details = entry.querySelector(".reasoning");
-  if (reasoning) {
-    details.setAttribute("data-has", "1");
-    details.querySelector("pre").textContent = reasoning;
-  }
+  showReasoning(entry, view.reasoning ?? p.reasoning);
+  renderTimeline(entry, view.timeline);
+}
+
+function renderTimeline(entry, rows) {
   const body = entry.querySelector(".timeline tbody");
   body.replaceChildren();
-  for (const row of view.timeline) {
+  for (const row of rows) {
     const tr = el("tr", { "data-stage": row.stage });
     if (!row.ok) tr.className = "fail";
     tr.append(el("td", {}, row.stage), el("td", {}, row.after === null ? "" : row.after.toFixed(2)), el("td", {}, row.detail));
     body.append(tr);
   }
+}
+
+function showReasoning(entry, reasoning) {
+  if (!reasoning) return;
+  const details = entry.querySelector(".reasoning");
+  details.setAttribute("data-has", "1");
+  details.querySelector("pre").textContent = reasoning;
+}
+
+// A WeCom message as the chat shows it: the robot's stream growing refresh by refresh (the
+// quoted asker, the answer so far; its <think> block goes to the collapsible reasoning), then
+// a message posted to response_url when the answer outlived the stream.
+function wecomBubble(parts, cls, who) {
+  const bubble = el("div", { class: `bubble bot ${cls}`, "data-who": who });
+  if (parts.asker) bubble.append(el("div", { class: "quote" }, `@${parts.asker}: ${parts.question}`));
+  bubble.append(el("div", { class: "answer" }, parts.answer || "Thinking… 思考中…"));
+  return bubble;
+}
+
+function renderWecom(entry, view) {
+  const chat = view.chat;
+  const replies = entry.querySelector(".replies");
+  replies.replaceChildren();
+  const stream = chat.stream;
+  if (stream) {
+    const state = stream.finish ? "finished" : `refresh ${chat.refreshes}`;
+    replies.append(wecomBubble(stream, stream.finish ? "stream final" : "stream streaming", `MiMo · stream, ${state}`));
+  }
+  if (chat.text !== null) replies.append(el("div", { class: "bubble bot", "data-who": "MiMo · text" }, chat.text));
+  if (chat.response_url) replies.append(wecomBubble(chat.response_url, "late", "MiMo · via response_url"));
+  showReasoning(entry, stream?.reasoning || chat.response_url?.reasoning || view.reasoning || view.progress.reasoning);
+  const tokens = `${view.tokens.reasoning_tokens ?? "?"} reasoning + ${view.tokens.answer_tokens ?? "?"} answer tokens`;
+  const versions = stream ? stream.versions.length : 0;
+  entry.querySelector(".progress").textContent = view.done
+    ? (view.delivered_via ? `finished by ${view.delivered_via === "stream" ? "the stream" : "response_url"}` : "ended")
+      + ` after ${chat.refreshes} refreshes` + (view.job_id ? `: ${tokens}` : "")
+    : `streaming… ${chat.refreshes} refreshes, ${versions} version${versions === 1 ? "" : "s"} shown` +
+      (stream ? `, ${stream.answer.length} answer chars` : "");
+  renderTimeline(entry, view.timeline);
 }
 
 async function follow(entry, jobId) {
@@ -109,6 +147,12 @@ async function follow(entry, jobId) {
     try { view = await api(`simulate/${encodeURIComponent(jobId)}`); } catch (err) {
       entry.querySelector(".progress").textContent = err.message;
       return;
+    }
+    if (view.kind === "wecom") {
+      renderWecom(entry, view);
+      if (view.done) { entry.classList.add("done"); return; }
+      await new Promise((r) => setTimeout(r, 500));
+      continue;
     }
     renderJob(entry, view);
     const waitingForMessages = view.delivered_via === "customer_service" && view.messages && !view.messages.length;
@@ -122,14 +166,18 @@ async function simulate(event) {
   const text = $("sim-text").value.trim();
   if (!text) return;
   const entry = $("sim-entry").content.firstElementChild.cloneNode(true);
+  const option = $("sim-channel").selectedOptions[0];
+  const group = option.dataset.group ? $("sim-group").value.trim() : "";
   entry.querySelector(".bubble.user").textContent = text;
+  entry.querySelector(".bubble.user").dataset.who = $("sim-user").value + (group ? ` in ${group}` : "");
+  entry.dataset.channel = option.value;
   entry.querySelector(".verdict").textContent = "sending…";
   $("chat").prepend(entry);
   $("sim-send").disabled = true;
   try {
-    const sim = await api("simulate", {
-      channel: $("sim-channel").value, user: $("sim-user").value, text, url: $("sim-url").value,
-    });
+    const body = { channel: option.value, user: $("sim-user").value, text, url: $("sim-url").value };
+    if (group) body.chat_id = group;
+    const sim = await api("simulate", body);
     $("sim-text").value = "";
     entry.querySelector(".verdict").textContent = sim.verdict;
     entry.querySelector(".verdict").className = `verdict ${sim.ok ? "muted" : "bad"}`;
@@ -143,7 +191,10 @@ async function simulate(event) {
         el("td", {}, a.status === null ? a.outcome : `HTTP ${a.status}`));
       tries.append(tr);
     });
-    if (sim.job_id) {
+    if (sim.sim_id) {
+      entry.dataset.sim = sim.sim_id;
+      await follow(entry, sim.sim_id);
+    } else if (sim.job_id) {
       entry.dataset.job = sim.job_id;
       await follow(entry, sim.job_id);
     } else {
@@ -155,6 +206,18 @@ async function simulate(event) {
   } finally {
     $("sim-send").disabled = false;
   }
+}
+
+// The form follows the channel: WeCom's group id, its user id, its local webhook (/wecom).
+function channelChanged() {
+  const option = $("sim-channel").selectedOptions[0];
+  const wecom = Boolean(option.dataset.wecom);
+  $("sim-group-field").hidden = !option.dataset.group;
+  $("sim-user-label").textContent = wecom ? "User id (WeCom userid)" : "User id (OpenID)";
+  $("sim-note-wecom").hidden = !wecom;
+  $("sim-note-wechat").hidden = wecom;
+  const locals = [...$("sim-channel").options].map((o) => o.dataset.localUrl);
+  if (!$("sim-url").value || locals.includes($("sim-url").value)) $("sim-url").value = option.dataset.localUrl;
 }
 
 // --- Setup -----------------------------------------------------------------
@@ -194,7 +257,11 @@ async function verifyUrl(event) {
 document.addEventListener("DOMContentLoaded", () => {
   const page = document.body.dataset.page;
   if (page === "live") { refreshStats(); setInterval(refreshStats, 3000); }
-  if (page === "simulator") $("sim-form").addEventListener("submit", simulate);
+  if (page === "simulator") {
+    $("sim-form").addEventListener("submit", simulate);
+    $("sim-channel").addEventListener("change", channelChanged);
+    channelChanged();
+  }
   if (page === "setup") {
     $("doctor-run").addEventListener("click", runDoctor);
     $("verify-form").addEventListener("submit", verifyUrl);
