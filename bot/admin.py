@@ -64,7 +64,8 @@ def timeline(
 ) -> list[dict[str, Any]]:
     """The stages of one job in order, each with when it happened (seconds after the webhook
     got it, or after `origin` when the job is unknown here) and what it tells in words."""
-    start = _num(record, "received_at") or origin
+    received = _num(record, "received_at")
+    start = received if received is not None else origin
     rows: list[dict[str, Any]] = []
 
     def row(stage: str, detail: str, at: float | None, ok: bool = True) -> None:
@@ -91,7 +92,7 @@ def timeline(
             sim.get("sent_at"),
             bool(sim.get("ok")),
         )
-    if start is not None:
+    if received is not None:
         row("received", f"{record.get('kind', 'text')} from {record.get('user', '?')}", start)
     if (at := _num(record, "started_at")) is not None:
         row("started", f"waited {record.get('queue_wait', '?')} s in the gpu queue", at)
@@ -209,11 +210,11 @@ def _chat_rows(chat: dict[str, Any], origin: float | None) -> list[dict[str, Any
         if stream["finish"]:
             last = versions[-1]
             how = (
-                "closed with “the full answer will follow”"
+                "closed the stream with “the full answer will follow”"
                 if stream["handed_over"]
-                else ("finished: the chat shows the whole answer")
+                else "brought finish: true with the whole answer"
             )
-            row("stream end", f"refresh {last['refresh']}: the stream {how}", last["at"])
+            row("stream end", f"refresh {last['refresh']} {how}", last["at"])
     if late := chat["response_url"]:
         row(
             "response_url", f"a Markdown message arrived ({len(late['content'])} chars)", late["at"]

@@ -202,6 +202,8 @@ def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
         body["url"] = args.url
     if args.channel:
         body["channel"] = args.channel
+    if args.group:
+        body["chat_id"] = args.group
     sim = _admin_call(args, settings, "POST", "simulate", json=body)
     for a in sim["attempts"]:
         status = f"HTTP {a['status']}" if a["status"] is not None else a["outcome"]
@@ -211,6 +213,8 @@ def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
         print(f"passive reply: {sim['passive_reply']}")
     if not sim["ok"]:
         return 1
+    if sim.get("sim_id"):  # WeCom: the console refreshes the stream; follow what the chat shows
+        return _follow_wecom(args, settings, sim["sim_id"])
     if not sim.get("job_id"):
         return 0
     deadline = time.monotonic() + args.timeout
@@ -222,9 +226,7 @@ def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
         if settled:
             break
         time.sleep(0.3)
-    for row in view.get("timeline", []):
-        after = "" if row["after"] is None else f"+{row['after']:.2f}s "
-        print(f"  {row['stage']:<10} {after}{row['detail']}")
+    _print_timeline(view)
     if not view.get("done"):
         print(f"no answer after {args.timeout:.0f}s", file=sys.stderr)
         return 1
@@ -236,6 +238,32 @@ def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
     for msg in messages:
         print(f"  {msg['content']}")
     return 0 if view.get("delivered_via") else 1
+
+
+def _print_timeline(view: dict) -> None:
+    for row in view.get("timeline", []):
+        after = "" if row["after"] is None else f"+{row['after']:.2f}s "
+        print(f"  {row['stage']:<12} {after}{row['detail']}")
+
+
+def _follow_wecom(args: argparse.Namespace, settings: Settings, sim_id: str) -> int:
+    """Wait for a simulated WeCom message to settle; print its timeline and what the chat shows."""
+    deadline = time.monotonic() + args.timeout
+    view: dict = {}
+    while time.monotonic() < deadline:
+        view = _admin_call(args, settings, "GET", f"simulate/{sim_id}")
+        if view["done"]:
+            break
+        time.sleep(0.3)
+    _print_timeline(view)
+    chat = view.get("chat") or {}
+    shown = chat.get("response_url") or chat.get("stream") or {}
+    if not view.get("done"):
+        print(f"the stream did not finish in {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    print(f"answer ({view.get('delivered_via') or 'not delivered'}):")
+    print(f"  {shown.get('answer') or chat.get('text') or ''}")
+    return 0 if view.get("delivered_via") or chat.get("text") else 1
 
 
 def _outbox(requests_mod, url: str, user: str) -> list | None:  # noqa: ANN001
@@ -318,7 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", default=None, help=f"webhook (default http://127.0.0.1:{DEMO_PORT}/wechat)"
     )
     p.add_argument("--admin", metavar="URL", help="send through this server's admin API")
-    p.add_argument("--channel", help="with --admin: wechat_plain | wechat_aes")
+    p.add_argument(
+        "--channel", help="with --admin: wechat_plain | wechat_aes | wecom_single | wecom_group"
+    )
+    p.add_argument("--group", help="with --channel wecom_group: the group's chat id")
     p.add_argument(
         "--retries", type=int, default=0, help="post the same message again, as WeChat does"
     )

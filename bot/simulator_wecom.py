@@ -33,6 +33,7 @@ from bot import simulator
 from bot.channels.wecom import (
     CONTENT_LIMIT,
     ProtocolError,
+    encrypt,
     message_payload,
     new_msgid,
     read_reply,
@@ -97,6 +98,10 @@ def build(
             "WECOM_BOT_TOKEN and WECOM_BOT_AES_KEY are not set: the console cannot sign or "
             "encrypt as WeCom does (use the robot's Token and EncodingAESKey)"
         )
+    try:
+        encrypt(aes_key, "")
+    except ValueError as exc:
+        raise simulator.SimulationError(f"WECOM_BOT_AES_KEY is malformed: {exc}") from exc
     chat_id = (chat_id or DEFAULT_GROUP) if spec.group else ""
     content = mention(text, settings) if spec.group else text
     payload = message_payload(
@@ -109,10 +114,7 @@ def build(
     )
 
     def signed() -> tuple[dict[str, str], str]:
-        try:
-            callback = sign_callback(token, aes_key, payload)
-        except ValueError as exc:  # a malformed EncodingAESKey
-            raise simulator.SimulationError(f"WECOM_BOT_AES_KEY: {exc}") from exc
+        callback = sign_callback(token, aes_key, payload)
         return callback.params, callback.body
 
     def open_reply(body: str) -> dict[str, Any]:

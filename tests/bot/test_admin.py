@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 
-from bot import admin, jobs, simulator
+from bot import admin, jobs, simulator, simulator_wecom
 from bot.conversations import Conversations
 from bot.progress import ProgressWriter
 from bot.settings import Settings
+from bot.wecom import HANDOVER_NOTE
 from tests.helpers import unique
 
 
@@ -87,3 +90,57 @@ def test_simulation_saved_under_its_job(settings: Settings, redis_client: redis.
     assert simulator.load(redis_client, sim.job_id)["url"] == "http://x/wechat"
     view = admin.job_view(redis_client, settings, sim.job_id)
     assert view["simulation"]["msg_id"] == "1" and view["timeline"][0]["stage"] == "webhook"
+
+
+@pytest.mark.parametrize(
+    ("fields", "stage", "phrase"),
+    [
+        ({"delivered_at": "1800000002.0", "via": "stream"}, "delivered", "stream refresh"),
+        ({"delivered_at": "1800000002.0", "via": "response_url"}, "delivered", "response_url"),
+        ({"handed_over_at": "1800000002.0"}, "handed over", "WECOM_STREAM_WINDOW"),
+    ],
+)
+def test_wecom_delivery_in_words(fields: dict, stage: str, phrase: str) -> None:
+    rows = admin.timeline({"received_at": "1800000000.0", "channel": "wecom", **fields})
+    assert rows[-1]["stage"] == stage and phrase in rows[-1]["detail"]
+    assert rows[-1]["after"] == 2.0
+
+
+def test_wecom_view_of_a_deployment_with_its_own_redis(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A public URL's robot keeps its jobs elsewhere: the view is what the chat showed."""
+    sim_id = unique("sim")
+    sim = simulator.Simulation(
+        "wecom_group",
+        "alice",
+        "https://bot.example/wecom",
+        "m1",
+        "hi",
+        time.time(),
+        ok=True,
+        sim_id=sim_id,
+        chat_id="team",
+    )
+    simulator.save(redis_client, sim)
+    redis_client.hset(f"mimochat:sim:wecom:{sim_id}:loop", mapping={"state": "finished"})
+    header = "> **@alice**: hi\n\n"
+    closing = f"{header}so far\n\n{HANDOVER_NOTE}"
+    simulator_wecom.record(
+        redis_client,
+        sim_id,
+        {"kind": "stream", "stream_id": "s", "content": closing, "finish": True, "refresh": 3},
+    )
+    view = admin.wecom_view(redis_client, settings, sim_id)
+    assert view["job_id"] is None and view["chat"]["stream"]["handed_over"]
+    assert not view["done"] and view["delivered_via"] is None  # the late answer is still due
+    simulator_wecom.record(
+        redis_client, sim_id, {"kind": "response_url", "content": f"{header}The answer."}
+    )
+    view = admin.wecom_view(redis_client, settings, sim_id)
+    assert view["done"] and view["delivered_via"] == "response_url"
+    assert view["chat"]["response_url"]["answer"] == "The answer."
+    stages = [row["stage"] for row in view["timeline"]]
+    assert stages == ["webhook", "stream end", "response_url"]
+    assert all(row["after"] is not None for row in view["timeline"])  # from the message's send
+    assert admin.wecom_view(redis_client, settings, unique("nope")) is None

@@ -106,3 +106,18 @@ def test_send_through_the_admin_api(
     for stage in ("received", "started", "generated", "delivered"):
         assert stage in out
     assert "answer (1 message(s))" in out
+
+
+@pytest.mark.integration
+def test_send_to_a_wecom_group_through_the_admin_api(
+    admin_on_stack: tuple[str, Settings],
+    env_of,
+    capsys: pytest.CaptureFixture[str],  # noqa: ANN001
+) -> None:
+    base, _ = admin_on_stack
+    env_of(Settings(admin_token=ADMIN_TOKEN))
+    argv = ["send", "2+2?", "--admin", base, "--channel", "wecom_group", "--group", unique("g")]
+    code, out = run([*argv, "--user", unique("zhang")], capsys)
+    assert code == 0, out
+    assert "stream started" in out and "stream end" in out
+    assert "answer (stream):" in out

@@ -119,7 +119,7 @@ def test_unreachable_webhook(settings: Settings) -> None:
         ({}, "wechat_sms", "unknown channel"),
         ({"wechat_aes_key": ""}, "wechat_aes", "WECHAT_AES_KEY"),
         ({"wechat_token": ""}, "wechat_plain", "WECHAT_TOKEN"),
-        ({}, "wecom_single", "arrives with the WeCom robot"),
+        ({}, "wecom_single", "built by bot.simulator_wecom"),  # its own callbacks, not XML
     ],
 )
 def test_build_refuses(settings: Settings, changes: dict, channel: str, error: str) -> None:

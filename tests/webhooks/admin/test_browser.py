@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from bot.settings import Settings
+from tests.conftest import Stack
 from tests.helpers import ADMIN_TOKEN, unique
 
 pytestmark = pytest.mark.integration
@@ -129,4 +131,71 @@ def test_login_simulate_and_watch_the_answer(
         page.wait_for_url(f"{base}/admin/login")
         assert ADMIN_TOKEN not in page.content()
     finally:
+        context.close()
+
+
+def test_wecom_group_streams_the_answer(
+    browser: object, admin_on_stack: tuple[str, Settings], stack: Stack, tmp_path: Path
+) -> None:
+    """Pick the WeCom group channel: the page shows the robot's stream, then the final answer.
+
+    Injected: 1.5 s of generation delay (the sandbox's engine switch), so the stream is seen
+    unfinished ("Thinking…", dashed) before it finishes.
+    """
+    base, _ = admin_on_stack
+    context = browser.new_context(viewport=DESKTOP)  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    requests.post(f"{stack.url}/sandbox/wechat/engine", json={"delay": 1.5}, timeout=5)
+    try:
+        page.goto(f"{base}/admin/login")
+        page.fill("#token", ADMIN_TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/admin/")
+        page.goto(f"{base}/admin/simulator")
+        assert not page.is_visible("#sim-group")  # no group id for an Official Account
+        page.select_option("#sim-channel", "wecom_group")
+        assert page.is_visible("#sim-group")
+        assert page.input_value("#sim-url") == f"{base}/wecom"
+        user, group = unique("zhang"), unique("team")
+        page.fill("#sim-user", user)
+        page.fill("#sim-group", group)
+        page.fill("#sim-text", "What is 2+2?")
+        page.click("#sim-send")
+        entry = page.locator(".exchange").first
+        entry.locator(".verdict").filter(has_text="stream started").wait_for()
+        streaming = entry.locator(".bubble.stream.streaming")
+        streaming.wait_for()
+        assert f"@{user}: What is 2+2?" in streaming.locator(".quote").inner_text()
+        # The group saw the robot's @mention in the question.
+        assert entry.locator(".bubble.user").inner_text() == "@MiMo What is 2+2?"
+        mid = tmp_path / "admin-simulator-wecom-streaming.png"
+        page.screenshot(path=str(mid), full_page=True)
+        entry.locator(".bubble.stream.final").wait_for(timeout=60_000)
+        page.locator(".exchange.done").first.wait_for(timeout=30_000)
+
+        final = entry.locator(".bubble.stream.final")
+        assert final.locator(".answer").inner_text().strip()
+        assert "finished by the stream" in entry.locator(".progress").inner_text()
+        stages = entry.locator(".timeline tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.stage)"
+        )
+        for stage in ("webhook", "received", "started", "generated", "delivered", "stream end"):
+            assert stage in stages, stages
+        assert "stream refresh" in entry.locator('tr[data-stage="delivered"]').inner_text()
+        details = entry.locator("details.reasoning")
+        if details.get_attribute("data-has"):
+            details.locator("summary").click()
+            assert details.locator("pre").is_visible()
+        desktop = tmp_path / "admin-simulator-wecom-desktop.png"
+        page.screenshot(path=str(desktop), full_page=True)
+        page.set_viewport_size(PHONE)
+        phone = tmp_path / "admin-simulator-wecom-phone.png"
+        page.screenshot(path=str(phone), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        for shot in (mid, desktop, phone):
+            assert shot.stat().st_size > 10_000
+            keep(shot)
+    finally:
+        requests.post(f"{stack.url}/sandbox/wechat/engine", json={"delay": 0}, timeout=5)
         context.close()

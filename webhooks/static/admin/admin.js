@@ -120,11 +120,13 @@ function wecomBubble(parts, cls, who) {
 
 function renderWecom(entry, view) {
   const chat = view.chat;
+  const said = chat.events.find((e) => e.kind === "user");
+  if (said) entry.querySelector(".bubble.user").textContent = said.text;  // with its @mention
   const replies = entry.querySelector(".replies");
   replies.replaceChildren();
   const stream = chat.stream;
   if (stream) {
-    const state = stream.finish ? "finished" : `refresh ${chat.refreshes}`;
+    const state = stream.finish ? "finished" : chat.refreshes ? `refresh ${chat.refreshes}` : "first reply";
     replies.append(wecomBubble(stream, stream.finish ? "stream final" : "stream streaming", `MiMo · stream, ${state}`));
   }
   if (chat.text !== null) replies.append(el("div", { class: "bubble bot", "data-who": "MiMo · text" }, chat.text));
