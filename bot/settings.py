@@ -111,7 +111,7 @@ class Settings:
     wecom_sandbox_refresh_interval: float = _setting(
         "WECOM_SANDBOX_REFRESH_INTERVAL",
         1.0,
-        "Seconds between the sandbox WeCom's stream refreshes (demo and tests only).",
+        "Seconds between the stream refreshes of the sandbox WeCom and the console's simulator.",
     )
     # Infrastructure
     redis_url: str = _setting(

@@ -77,6 +77,15 @@ def mention(text: str, settings: Settings) -> str:
     return f"@{name} {text}"
 
 
+def _as_typed(
+    settings: Settings, spec: simulator.SimChannel, chat_id: str, text: str
+) -> tuple[str, str]:
+    """The chat (a group's id, or "" one to one) and the text as its member types it."""
+    if not spec.group:
+        return "", text
+    return chat_id or DEFAULT_GROUP, mention(text, settings)
+
+
 def build(
     settings: Settings,
     channel: str,
@@ -102,8 +111,7 @@ def build(
         encrypt(aes_key, "")
     except ValueError as exc:
         raise simulator.SimulationError(f"WECOM_BOT_AES_KEY is malformed: {exc}") from exc
-    chat_id = (chat_id or DEFAULT_GROUP) if spec.group else ""
-    content = mention(text, settings) if spec.group else text
+    chat_id, content = _as_typed(settings, spec, chat_id, text)
     payload = message_payload(
         user,
         content=content,
@@ -324,16 +332,15 @@ def refresh_loop(
     return end
 
 
-def _follow(*args: Any, **kwargs: Any) -> None:
+def _follow(settings: Settings, client: redis.Redis, sim_id: str, url: str, **kwargs: Any) -> None:
     """The refresh loop in its thread: whatever happens is recorded, never raised."""
-    sim_id = args[2]
     try:
-        refresh_loop(*args, **kwargs)
+        refresh_loop(settings, client, sim_id, url, **kwargs)
     except Exception as exc:  # a thread has no caller: the chat record tells the operator
         log.exception("wecom simulation %s: the refresh loop failed", sim_id)
         try:
-            record(args[1], sim_id, {"kind": "error", "status": None, "body": type(exc).__name__})
-            _set_loop(args[1], sim_id, state="error", ended_at=f"{time.time():.3f}")
+            record(client, sim_id, {"kind": "error", "status": None, "body": type(exc).__name__})
+            _set_loop(client, sim_id, state="error", ended_at=f"{time.time():.3f}")
         except redis.RedisError:
             pass
 
@@ -365,13 +372,11 @@ def simulate(
         chat_id=chat_id,
         response_url=f"{sink}?response_code={code}",
     )
-    group = simulator.CHANNELS[channel].group
-    chat_id = (chat_id or DEFAULT_GROUP) if group else ""
+    chat_id, shown = _as_typed(settings, simulator.CHANNELS[channel], chat_id, text)
     with client.pipeline(transaction=False) as pipe:
         pipe.hset(_response_key(code), mapping={"sim_id": sim_id, "created": f"{time.time():.3f}"})
         pipe.expire(_response_key(code), RESPONSE_URL_TTL)
         pipe.execute()
-    shown = mention(text, settings) if group else text
     record(client, sim_id, {"kind": "user", "userid": user, "text": shown, "msgid": out.msg_id})
     started = time.monotonic()
     sim = simulator.send(

@@ -203,3 +203,16 @@ def test_token_never_in_pages_responses_or_logs(
     cookies = [h for _, h in client.get("/admin/login").headers.items()]
     for text in [*bodies, *cookies, caplog.text]:
         assert ADMIN_TOKEN not in text
+
+
+def test_wecom_response_url_takes_its_code_not_the_token(
+    admin_client: FlaskClient, settings: Settings
+) -> None:
+    """The robot posts late answers with no admin token, as to WeCom's own response_url: only a
+    live one-use code is accepted (a guessed one records nothing); with the console off, 404."""
+    path = "/admin/api/wecom/response?response_code=guessed"
+    body = {"msgtype": "markdown", "markdown": {"content": "spam"}}
+    res = admin_client.post(path, json=body)
+    assert res.status_code == 200 and res.get_json()["errcode"] == 40058
+    off = create_app(settings.replace(admin_token="")).test_client()
+    assert off.post(path, json=body).status_code == 404

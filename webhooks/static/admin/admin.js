@@ -143,7 +143,8 @@ function renderWecom(entry, view) {
 }
 
 async function follow(entry, jobId) {
-  const deadline = Date.now() + 180000;
+  // A WeCom answer may come through response_url after WeCom's 6 minutes of refreshes.
+  const deadline = Date.now() + (entry.dataset.sim ? 420000 : 180000);
   while (Date.now() < deadline) {
     let view;
     try { view = await api(`simulate/${encodeURIComponent(jobId)}`); } catch (err) {
