@@ -81,7 +81,9 @@ def _simulate_wecom(channel: str, data: dict[str, Any], url: str):  # noqa: ANN2
     """A WeCom message: sent now, its stream refreshed in the background (see GET simulate/<id>)."""
     s = services()
     refreshes = data.get("refreshes")
-    if refreshes is not None and (not isinstance(refreshes, int) or refreshes < 0):
+    if refreshes is not None and (
+        isinstance(refreshes, bool) or not isinstance(refreshes, int) or refreshes < 0
+    ):
         return jsonify(error="refreshes must be a non-negative integer"), 400
     try:
         sim = simulator_wecom.simulate(

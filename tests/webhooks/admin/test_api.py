@@ -90,6 +90,7 @@ def test_simulate_shows_a_passive_reply(live_admin: tuple[str, Settings]) -> Non
         ({"channel": "telegram", "user": "u", "text": "t"}, "unknown channel"),
         ({"channel": "wecom_group", "user": "u", "text": ""}, "a user id and a message"),
         ({"channel": "wecom_single", "user": "u", "text": "t", "refreshes": -1}, "refreshes"),
+        ({"channel": "wecom_single", "user": "u", "text": "t", "refreshes": True}, "refreshes"),
         ({"user": "u", "text": ""}, "a user id and a message"),
         ({"user": "u", "text": "t", "url": "ftp://example.invalid/wechat"}, "not an http(s) URL"),
     ],
