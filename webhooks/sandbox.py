@@ -16,10 +16,9 @@ import json
 import secrets
 import time
 
-import requests
 from flask import Blueprint, jsonify, request
 
-from bot.channels.wechat import message_xml, read_reply, sign_request
+from bot import simulator
 from bot.store import key
 from webhooks.app import services
 
@@ -256,8 +255,8 @@ def user_message():  # noqa: ANN201
     """Act as WeChat's server for one user message: open the window, post it to the webhook
     (signed, encrypted in safe mode), retry as WeChat does, and return what the user sees.
 
-    Body: {"user", "content", "kind": "text", "webhook": URL (default: this server's /wechat),
-    "msg_id": optional}.
+    Body: {"user", "content", "account": optional, "webhook": URL (default: this server's
+    /wechat)}. The platform side of the wire is the console simulator's (bot/simulator.py).
     """
     body = _json_body() or {}
     user, content = body.get("user"), body.get("content", "")
@@ -265,48 +264,23 @@ def user_message():  # noqa: ANN201
         return jsonify(error="user and content are required"), 400
     s = services().settings
     _open_window(user)
-    xml = message_xml(
-        user,
-        body.get("account") or "gh_sandbox_account",
-        kind=body.get("kind", "text"),
-        content=content,
-        recognition=content,
-        msg_id=body.get("msg_id"),
-    )
+    channel = "wechat_aes" if s.wechat_aes_key else "wechat_plain"
+    try:
+        out = simulator.build(s, channel, user, content, body.get("account") or "gh_sandbox")
+    except simulator.SimulationError as exc:
+        return jsonify(error=str(exc)), 400
     webhook = body.get("webhook") or request.host_url.rstrip("/") + "/wechat"
-    attempts = []
-    for _ in range(max(1, s.wechat_attempts)):
-        signed = sign_request(
-            s.wechat_token, xml, aes_key=s.wechat_aes_key, app_id=s.wechat_app_id, openid=user
-        )
-        started = time.perf_counter()
-        try:
-            res = requests.post(
-                webhook,
-                params=signed.params,
-                data=signed.body.encode(),
-                timeout=s.wechat_platform_timeout,
-            )
-        except requests.RequestException as exc:
-            attempts.append({"status": None, "ms": _ms(started), "error": type(exc).__name__})
-            continue
-        attempts.append({"status": res.status_code, "ms": _ms(started)})
-        if res.status_code == 200:
-            fields = read_reply(
-                res.text, token=s.wechat_token, aes_key=s.wechat_aes_key, app_id=s.wechat_app_id
-            )
-            reply = fields.get("Content")
-            if reply:
-                _record(user, {"msgtype": "text", "content": reply, "via": "passive"})
-            return jsonify(attempts=attempts, reply=reply)
-    # What WeChat shows when every try failed.
-    failure = "该公众号提供的服务出现故障，请稍后再试"
-    _record(user, {"msgtype": "system", "content": failure, "via": "wechat"})
-    return jsonify(attempts=attempts, reply=None, failed=True)
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)
+    sim = simulator.send(
+        out, webhook, content, retry_after=s.wechat_platform_timeout, attempts=s.wechat_attempts
+    )
+    attempts = [{"status": a.status, "ms": round(a.seconds * 1000, 1)} for a in sim.attempts]
+    if sim.passive_reply:
+        _record(user, {"msgtype": "text", "content": sim.passive_reply, "via": "passive"})
+    if not sim.ok:
+        # What WeChat shows when every try failed.
+        failure = "该公众号提供的服务出现故障，请稍后再试"
+        _record(user, {"msgtype": "system", "content": failure, "via": "wechat"})
+    return jsonify(attempts=attempts, reply=sim.passive_reply or None, failed=not sim.ok)
 
 
 def _record(user: str, record: dict) -> None:
