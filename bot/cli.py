@@ -21,12 +21,14 @@ DEMO_ENV = {
     "WECHAT_APP_ID": "wx0123456789abcdef",
     "WECHAT_APP_SECRET": "demo-secret-0123456789abcdef0123",
     "WECHAT_AES_KEY": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
-    "WECHAT_REPLY_MODE": "customer_service",
+    "WECHAT_REPLY_MODE": "auto",
     "MIMOCHAT_MODEL": "tiny",
     "MIMOCHAT_SANDBOX": "1",
     "MIMOCHAT_THINKING_BUDGET": "48",
     "MIMOCHAT_MAX_NEW_TOKENS": "48",
     "MIMOCHAT_GPU_CONCURRENCY": "4",
+    "WECOM_BOT_TOKEN": "mimochatdemo",
+    "WECOM_BOT_AES_KEY": "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
 }
 
 log = logging.getLogger("mimochat")
@@ -56,8 +58,11 @@ def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
         print(f"  {name}={value}")
     if settings.sandbox:
         print(f"  sandbox outbox: http://{host}:{port}/sandbox/wechat/outbox?touser=USER")
-        print('  try: mimochat send "What is 2+2?"\n')
-    sup = Supervisor(env=env)
+        print('  try: mimochat send "What is 2+2?"')
+        print(f"  WeCom group sandbox: POST http://{host}:{port}/sandbox/wecom/send")
+        print(f"    then GET http://{host}:{port}/sandbox/wecom/chat?chatid=sandbox_group\n")
+    # Workers get their own grace (running generations) plus time to hand jobs back.
+    sup = Supervisor(env=env, grace=settings.shutdown_grace + 10)
     sup.add("worker", worker_argv("gpu,io", settings.gpu_concurrency, "mimochat"), restart=True)
     sup.add("web", web_argv(host, port), restart=False)
     return sup.run()
@@ -100,12 +105,20 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     settings = Settings.from_env(env)
+    if args.admin:
+        return _send_via_admin(args, settings)
+    args.url = args.url or f"http://127.0.0.1:{DEMO_PORT}/wechat"
     if not settings.wechat_token:
         settings = Settings.from_env(demo_environ(DEMO_PORT, env), dotenv=False)
     xml = message_xml(args.user, args.account, content=args.text)
     parts = urlsplit(args.url)
     outbox = f"{parts.scheme}://{parts.netloc}/sandbox/wechat/outbox"
     before = _outbox(requests, outbox, args.user)
+    if before is not None:
+        # The sandbox only lets us write to users who wrote first (WeChat's 48-hour window).
+        requests.post(
+            outbox.replace("/outbox", "/window"), json={"user": args.user}, timeout=5
+        ).raise_for_status()
     started = time.perf_counter()
     last = None
     for attempt in range(1 + args.retries):
@@ -153,6 +166,106 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_call(args: argparse.Namespace, settings: Settings, method: str, path: str, **kw):  # noqa: ANN001, ANN202
+    """One call to the console's API with `Authorization: Bearer $ADMIN_TOKEN`."""
+    import requests
+
+    token = settings.admin_token
+    if not token:
+        raise SystemExit("set ADMIN_TOKEN to use the admin API (--admin)")
+    url = args.admin.rstrip("/") + "/admin/api/" + path
+    try:
+        res = requests.request(
+            method, url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kw
+        )
+    except requests.RequestException as exc:
+        raise SystemExit(
+            f"cannot reach the admin API at {args.admin}: {type(exc).__name__}"
+        ) from None
+    if res.status_code == 401:
+        raise SystemExit("the admin API refused ADMIN_TOKEN (401)")
+    if res.status_code == 404 and "console is off" in res.text:
+        raise SystemExit("the admin console is off on that server (its ADMIN_TOKEN is empty)")
+    try:
+        data = res.json()
+    except ValueError:
+        raise SystemExit(f"the admin API answered HTTP {res.status_code}, not JSON") from None
+    if res.status_code >= 400:
+        raise SystemExit(f"the admin API answered HTTP {res.status_code}: {data.get('error')}")
+    return data
+
+
+def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
+    """`send --admin URL`: the server's simulator sends the message and reports every stage."""
+    body = {"user": args.user, "text": args.text}
+    if args.url:
+        body["url"] = args.url
+    if args.channel:
+        body["channel"] = args.channel
+    if args.group:
+        body["chat_id"] = args.group
+    sim = _admin_call(args, settings, "POST", "simulate", json=body)
+    for a in sim["attempts"]:
+        status = f"HTTP {a['status']}" if a["status"] is not None else a["outcome"]
+        print(f"try {a['number']}: {status} in {a['seconds'] * 1000:.1f} ms")
+    print(sim["verdict"])
+    if sim.get("passive_reply"):
+        print(f"passive reply: {sim['passive_reply']}")
+    if not sim["ok"]:
+        return 1
+    if sim.get("sim_id"):  # WeCom: the console refreshes the stream; follow what the chat shows
+        return _follow_wecom(args, settings, sim["sim_id"])
+    if not sim.get("job_id"):
+        return 0
+    deadline = time.monotonic() + args.timeout
+    view: dict = {}
+    while time.monotonic() < deadline:
+        view = _admin_call(args, settings, "GET", f"simulate/{sim['job_id']}")
+        waiting = view["messages"] == [] and view["delivered_via"] == "customer_service"
+        settled = view["done"] and not waiting
+        if settled:
+            break
+        time.sleep(0.3)
+    _print_timeline(view)
+    if not view.get("done"):
+        print(f"no answer after {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    if view.get("delivered_via") == "customer_service":
+        messages = view.get("messages") or [{"content": view.get("answer") or ""}]
+    else:  # passive mode: the answer rode on a webhook reply or waits for the next message
+        messages = [{"content": view.get("answer") or ""}]
+    print(f"answer ({len(messages)} message(s)):")
+    for msg in messages:
+        print(f"  {msg['content']}")
+    return 0 if view.get("delivered_via") else 1
+
+
+def _print_timeline(view: dict) -> None:
+    for row in view.get("timeline", []):
+        after = "" if row["after"] is None else f"+{row['after']:.2f}s "
+        print(f"  {row['stage']:<12} {after}{row['detail']}")
+
+
+def _follow_wecom(args: argparse.Namespace, settings: Settings, sim_id: str) -> int:
+    """Wait for a simulated WeCom message to settle; print its timeline and what the chat shows."""
+    deadline = time.monotonic() + args.timeout
+    view: dict = {}
+    while time.monotonic() < deadline:
+        view = _admin_call(args, settings, "GET", f"simulate/{sim_id}")
+        if view["done"]:
+            break
+        time.sleep(0.3)
+    _print_timeline(view)
+    chat = view.get("chat") or {}
+    shown = chat.get("response_url") or chat.get("stream") or {}
+    if not view.get("done"):
+        print(f"the stream did not finish in {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    print(f"answer ({view.get('delivered_via') or 'not delivered'}):")
+    print(f"  {shown.get('answer') or chat.get('text') or ''}")
+    return 0 if view.get("delivered_via") or chat.get("text") else 1
+
+
 def _outbox(requests_mod, url: str, user: str) -> list | None:  # noqa: ANN001
     try:
         res = requests_mod.get(url, params={"touser": user}, timeout=5)
@@ -185,15 +298,20 @@ def _wait_for_answer(
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the configuration and every dependency; non-zero exit names what is wrong."""
-    from bot.doctor import run_checks
+    from bot.doctor import Check, run_checks
 
     settings = Settings.from_env()
-    results = run_checks(settings)
+    if args.admin:
+        params = {"url": args.webhook} if args.webhook else {}
+        data = _admin_call(args, settings, "GET", "doctor", params=params)
+        results = [Check(**c) for c in data["checks"]]
+    else:
+        results = run_checks(settings, webhook_url=args.webhook)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2))
     else:
         for r in results:
-            print(f"[{'ok' if r.ok else 'FAIL'}] {r.name}: {r.detail}")
+            print(f"[{r.label}] {r.name}: {r.detail}")
     return 0 if all(r.ok for r in results) else 1
 
 
@@ -228,7 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--user", default="o_demo_user")
     p.add_argument("--account", default=DEMO_ACCOUNT)
-    p.add_argument("--url", default=f"http://127.0.0.1:{DEMO_PORT}/wechat")
+    p.add_argument(
+        "--url", default=None, help=f"webhook (default http://127.0.0.1:{DEMO_PORT}/wechat)"
+    )
+    p.add_argument("--admin", metavar="URL", help="send through this server's admin API")
+    p.add_argument(
+        "--channel", help="with --admin: wechat_plain | wechat_aes | wecom_single | wecom_group"
+    )
+    p.add_argument("--group", help="with --channel wecom_group: the group's chat id")
     p.add_argument(
         "--retries", type=int, default=0, help="post the same message again, as WeChat does"
     )
@@ -236,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_send)
     p = sub.add_parser("doctor", help=cmd_doctor.__doc__)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--admin", metavar="URL", help="run the checks on this server (admin API)")
+    p.add_argument("--webhook", metavar="URL", help="also try the URL-verification handshake")
     p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("download", help=cmd_download.__doc__)
     p.add_argument("model", nargs="?", default="XiaomiMiMo/MiMo-7B-RL")

@@ -36,3 +36,11 @@ _ALIASES = {
 def match_command(text: str) -> str | None:
     """The command a message is (`help` or `reset`), or None for a question."""
     return _ALIASES.get(text.strip().lower())
+
+
+STILL_THINKING_TEXT = (
+    "I'm still thinking about your question. Send me any message in a moment and the answer "
+    "comes with the reply — that message gets answered too. "
+    "这个问题我还在思考，稍后发送任意消息即可收到答案（那条消息也会得到回答）。"
+)
+NOTHING_PENDING_TEXT = "Nothing more is waiting for you. 没有待发送的内容了。"

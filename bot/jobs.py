@@ -2,6 +2,7 @@
 
 One hash per job (`mimochat:job:<id>`) with a field per stage timestamp and figure, and a
 capped list of recent job ids. Kept for a week; nothing here is needed to answer a user.
+Each stage recorded also writes its one structured log line and counts in the process's metrics.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from typing import Any
 
 import redis
 
+from bot import logs, metrics
 from bot.store import key
 
 JOB_TTL = 7 * 86400
 RECENT_MAX = 1000
+# The log's name for a recorded stage: "received" is recorded once the job is in the queue.
+LOG_STAGE = {"received": "enqueued"}
 
 
 def record(client: redis.Redis, job_id: str, stage: str, **fields: Any) -> None:
@@ -29,6 +33,8 @@ def record(client: redis.Redis, job_id: str, stage: str, **fields: Any) -> None:
             pipe.lpush(key("jobs", "recent"), job_id)
             pipe.ltrim(key("jobs", "recent"), 0, RECENT_MAX - 1)
         pipe.execute()
+    metrics.JOB_STAGES.labels(stage).inc()
+    logs.stage(LOG_STAGE.get(stage, stage), job_id=job_id, **fields)
 
 
 def get(client: redis.Redis, job_id: str) -> dict[str, str]:

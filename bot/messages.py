@@ -25,6 +25,12 @@ class IncomingMessage:
     msg_id: str = ""
     create_time: int = 0
     event: str = ""  # subscribe | unsubscribe | ... when kind == "event"
+    # WeCom intelligent robot only: where the message was said and how to answer it later.
+    chat_id: str = ""  # the group chat's id ("" in a one-to-one chat)
+    chat_type: str = ""  # single | group
+    quote: str = ""  # text of the message the user quoted, if any
+    response_url: str = ""  # one-use URL for a later answer (valid 1 h); never logged
+    stream_id: str = ""  # kind == "stream": the stream a refresh callback asks about
     request_id: str = field(default_factory=new_id)
     received_at: float = field(default_factory=time.time)
 

@@ -6,6 +6,7 @@ substance; enqueueing is passed in as a callable so that this module never impor
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,12 +15,14 @@ from typing import Any
 
 import redis
 
-from bot import commands, jobs
+from bot import commands, jobs, logs, moderation, reply_mode
 from bot.conversations import Conversations
 from bot.engine.base import Engine, Generation, GenerationRequest
+from bot.mailbox import PART_LIMIT, Mailbox, is_continue
 from bot.messages import IncomingMessage, new_id
 from bot.progress import ProgressWriter
 from bot.prompting import prompt_budget, trim_history
+from bot.reply_mode import ServiceWindow
 from bot.settings import Settings
 from bot.store import key
 
@@ -28,6 +31,10 @@ log = logging.getLogger(__name__)
 Job = dict[str, Any]
 Enqueue = Callable[[Job], None]
 
+BUSY_TEXT = (
+    "I'm answering a lot of questions right now. Please ask again in a minute. "
+    "现在提问的人太多了，请一分钟后再问我一次。"
+)
 APOLOGY_TEXT = (
     "Sorry, something went wrong while I was thinking about that. Please ask again in a moment. "
     "抱歉，我刚才出了点问题，请稍后再问一次。"
@@ -36,11 +43,27 @@ APOLOGY_TEXT = (
 
 @dataclass
 class Decision:
-    """What the webhook answers now: a passive text, or nothing (`success`)."""
+    """What ingest decided for one message (or one retry of it)."""
 
-    reply: str | None = None
-    job: Job | None = None
+    reply: str | None = None  # text to answer at once, needing no model
+    job: Job | None = None  # the job enqueued now (first try only)
+    job_id: str | None = None  # the message's job, also known to retries
     duplicate: bool = False
+    attempt: int = 1  # 1 for WeChat's first try, 2.. for its retries
+    take_pending: bool = False  # the user asked for the next waiting part
+    busy: bool = False  # the queue was full: the reply says so and nothing was enqueued
+
+
+class QueueFull(Exception):
+    """Raised by an enqueue function when too many questions already wait for a GPU."""
+
+
+@dataclass
+class PassiveReply:
+    """What the webhook's HTTP response carries: a text, or nothing after `hold` seconds."""
+
+    text: str | None = None
+    hold: float = 0.0  # > 0: answer nothing until the platform gives up and retries
 
 
 def conversations(settings: Settings, client: redis.Redis) -> Conversations:
@@ -51,23 +74,66 @@ def conversations(settings: Settings, client: redis.Redis) -> Conversations:
 def ingest(
     message: IncomingMessage, *, settings: Settings, client: redis.Redis, enqueue: Enqueue
 ) -> Decision:
-    """Deduplicate, answer what needs no model, and enqueue the rest (durably, before acking)."""
+    """Deduplicate, answer what needs no model, and enqueue the rest (durably, before acking).
+
+    Retries of one message get the first try's decision back: the same job, the same reply.
+    """
+    logs.bind(request_id=message.request_id)
+    logs.stage(
+        "received",
+        channel=message.channel,
+        user=message.user,
+        kind=message.kind,
+        msg_id=message.msg_id,
+        text=message.content,
+    )
     dedup_key = key("dedup", message.channel, message.dedup_key)
-    if not client.set(dedup_key, message.request_id, nx=True, ex=settings.dedup_ttl):
-        log.info("duplicate %s message %s ignored", message.channel, message.dedup_key)
-        return Decision(duplicate=True)
+    decision_key = key("decision", message.channel, message.dedup_key)
+    attempt = int(client.incr(key("attempts", message.channel, message.dedup_key)))
+    client.expire(key("attempts", message.channel, message.dedup_key), settings.dedup_ttl)
+    job_id = new_id()
+    if not client.set(dedup_key, job_id, nx=True, ex=settings.dedup_ttl):
+        log.info("retry %d of %s message %s", attempt, message.channel, message.dedup_key)
+        return _earlier_decision(client, dedup_key, decision_key, attempt)
     try:
-        return _decide(message, settings, client, enqueue)
+        decision = _decide(message, job_id, settings, client, enqueue)
     except Exception:
         # Not acknowledged: let WeChat's retry try again instead of finding a stale claim.
-        client.delete(dedup_key)
+        client.delete(dedup_key, key("attempts", message.channel, message.dedup_key))
         raise
+    decision.attempt = attempt
+    if decision.busy:
+        # Not enqueued, so not seen: a retry of this message may go through once there is room.
+        client.delete(dedup_key, key("attempts", message.channel, message.dedup_key))
+        return decision
+    client.set(
+        decision_key,
+        json.dumps({"reply": decision.reply, "job_id": decision.job_id}),
+        ex=settings.dedup_ttl,
+    )
+    return decision
+
+
+def _earlier_decision(
+    client: redis.Redis, dedup_key: str, decision_key: str, attempt: int
+) -> Decision:
+    raw = client.get(decision_key)
+    if raw is None:  # the first try is still deciding (a few ms): attach to its job id
+        return Decision(duplicate=True, attempt=attempt, job_id=client.get(dedup_key))
+    earlier = json.loads(raw)
+    return Decision(
+        reply=earlier["reply"], job_id=earlier["job_id"], duplicate=True, attempt=attempt
+    )
 
 
 def _decide(
-    message: IncomingMessage, settings: Settings, client: redis.Redis, enqueue: Enqueue
+    message: IncomingMessage, job_id: str, settings: Settings, client: redis.Redis, enqueue: Enqueue
 ) -> Decision:
     store = conversations(settings, client)
+    if message.kind != "event" and moderation.is_blocked(client, message.channel, message.user):
+        return Decision(reply=moderation.BLOCKED_TEXT)
+    if message.channel == "wechat" and message.event != "unsubscribe":
+        ServiceWindow(settings, client, message.user).open()
     if message.kind == "event":
         if message.event == "subscribe":
             return Decision(reply=commands.WELCOME_TEXT)
@@ -86,8 +152,14 @@ def _decide(
     if command == "reset":
         store.reset(message.channel, message.user)
         return Decision(reply=commands.RESET_TEXT)
-    job = make_job(message)
-    enqueue(job)
+    if is_continue(message.content) and _mailbox(settings, client, message).size():
+        return Decision(take_pending=True)
+    job = make_job(message, job_id)
+    try:
+        enqueue(job)
+    except QueueFull as exc:
+        logs.stage("busy", channel=message.channel, user=message.user, reason=str(exc))
+        return Decision(reply=BUSY_TEXT, busy=True)
     jobs.record(
         client,
         job["job_id"],
@@ -98,13 +170,57 @@ def _decide(
         msg_id=message.msg_id,
         text=message.content[:500],
     )
-    return Decision(job=job)
+    return Decision(job=job, job_id=job["job_id"])
 
 
-def make_job(message: IncomingMessage) -> Job:
+def _mailbox(settings: Settings, client: redis.Redis, message: IncomingMessage) -> Mailbox:
+    return Mailbox(client, message.channel, message.user, settings.pending_ttl)
+
+
+def respond(
+    message: IncomingMessage,
+    decision: Decision,
+    *,
+    settings: Settings,
+    client: redis.Redis,
+    started: float,
+) -> PassiveReply:
+    """The passive reply to one webhook call.
+
+    Waiting answers ride on it (a passive reply costs no customer-service quota). In passive
+    mode it waits for this message's own answer until shortly before WeChat gives up; on
+    WeChat's last try it says honestly that the answer is on its way.
+    """
+    if decision.reply is not None:
+        return PassiveReply(decision.reply)
+    box = _mailbox(settings, client, message)
+    if decision.take_pending:
+        text, _remaining = box.take(PART_LIMIT)
+        return PassiveReply(text or commands.NOTHING_PENDING_TEXT)
+    job_id = decision.job_id
+    if job_id is None or reply_mode.effective(settings, client) != reply_mode.PASSIVE:
+        waiting = box.take(PART_LIMIT)[0] if box.size() else ""
+        return PassiveReply(waiting or None)
+    deadline = started + settings.wechat_passive_wait
+    while not box.has_job(job_id) and time.time() < deadline:
+        time.sleep(0.05)
+    ready = box.has_job(job_id)
+    if not ready and decision.attempt < settings.wechat_attempts:
+        # Say nothing: WeChat retries after its timeout and the retry waits again.
+        return PassiveReply(
+            None, hold=max(0.0, started + settings.wechat_platform_timeout + 0.5 - time.time())
+        )
+    text, _remaining = box.take(PART_LIMIT)
+    if not ready:
+        text = f"{text}\n\n{commands.STILL_THINKING_TEXT}" if text else commands.STILL_THINKING_TEXT
+        jobs.record(client, job_id, "notice", attempt=decision.attempt)
+    return PassiveReply(text or None)
+
+
+def make_job(message: IncomingMessage, job_id: str | None = None) -> Job:
     """The small JSON job that crosses the queue for one question."""
     return {
-        "job_id": new_id(),
+        "job_id": job_id or new_id(),
         "request_id": message.request_id,
         "channel": message.channel,
         "user": message.user,
@@ -137,14 +253,18 @@ def answer(job: Job, *, settings: Settings, client: redis.Redis, engine: Engine)
         request_id=job["request_id"],
         deadline=started + settings.generation_timeout if settings.generation_timeout > 0 else None,
     )
-    if settings.generation_delay:
-        time.sleep(settings.generation_delay)
+    delay = settings.generation_delay
+    if settings.sandbox:  # the sandbox can slow answers down on purpose (console, tests)
+        delay += float(client.get(key("sandbox", "engine-delay")) or 0)
+    if delay:
+        time.sleep(delay)
     result: Job = {
         "job_id": job["job_id"],
         "request_id": job["request_id"],
         "channel": job["channel"],
         "user": job["user"],
         "account": job.get("account", ""),
+        "question": job["text"][:200],
         "queue_wait": round(started - job.get("enqueued_at", started), 3),
     }
     jobs.record(client, job["job_id"], "started", queue_wait=result["queue_wait"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 REPLY_MODES = ("auto", "customer_service", "passive")
+WECOM_SCOPES = ("user_in_group", "group", "user")
 BACKENDS = ("transformers", "openai")
 SECRET_FIELDS = frozenset(
     {"wechat_app_secret", "wechat_aes_key", "wecom_bot_aes_key", "admin_token", "openai_api_key"}
@@ -39,6 +40,30 @@ class Settings:
     wechat_api_base: str = _setting(
         "WECHAT_API_BASE", "https://api.weixin.qq.com/", "WeChat API host (the sandbox in demo)."
     )
+    wechat_passive_wait: float = _setting(
+        "WECHAT_PASSIVE_WAIT",
+        4.5,
+        "Seconds a webhook call waits for the answer in passive mode (WeChat gives up at 5).",
+    )
+    wechat_platform_timeout: float = _setting(
+        "WECHAT_PLATFORM_TIMEOUT",
+        5.0,
+        "Seconds WeChat waits for the webhook before retrying (the sandbox uses it too).",
+    )
+    wechat_attempts: int = _setting(
+        "WECHAT_ATTEMPTS", 3, "Tries WeChat makes per message; the last gets a progress notice."
+    )
+    wechat_cs_quota: int = _setting(
+        "WECHAT_CS_QUOTA", 5, "Customer-service sends allowed per user message (WeChat: 5)."
+    )
+    wechat_cs_window: int = _setting(
+        "WECHAT_CS_WINDOW", 172800, "Seconds a user message keeps the send window open (48 h)."
+    )
+    pending_ttl: int = _setting(
+        "MIMOCHAT_PENDING_TTL",
+        259200,
+        "Seconds an answer waits for the user's next message before it is dropped.",
+    )
     wechat_timestamp_window: int = _setting(
         "WECHAT_TIMESTAMP_WINDOW", 300, "Seconds a signed request's timestamp may be off."
     )
@@ -46,6 +71,47 @@ class Settings:
     wecom_bot_token: str = _setting("WECOM_BOT_TOKEN", "", "Token of the WeCom intelligent robot.")
     wecom_bot_aes_key: str = _setting(
         "WECOM_BOT_AES_KEY", "", "EncodingAESKey of the WeCom intelligent robot."
+    )
+    wecom_bot_name: str = _setting(
+        "WECOM_BOT_NAME",
+        "",
+        "The robot's display name, stripped from questions wherever `@name` appears; "
+        "empty: only leading @mentions are stripped.",
+    )
+    wecom_session_scope: str = _setting(
+        "WECOM_SESSION_SCOPE",
+        "user_in_group",
+        "Whose thread a group question joins: user_in_group (each person's own thread in "
+        "each group) | group (one thread per group) | user (one thread per person everywhere).",
+    )
+    wecom_group_allowlist: str = _setting(
+        "WECOM_GROUP_ALLOWLIST",
+        "",
+        "Comma-separated group chat ids the robot answers in; empty: every group.",
+    )
+    wecom_show_reasoning: bool = _setting(
+        "WECOM_SHOW_REASONING", True, "Show the model's reasoning as a collapsible <think> block."
+    )
+    wecom_max_in_flight: int = _setting(
+        "WECOM_MAX_IN_FLIGHT",
+        3,
+        "Questions one person may have in progress at once (WeCom allows 3); more get a notice.",
+    )
+    wecom_stream_window: float = _setting(
+        "WECOM_STREAM_WINDOW",
+        330.0,
+        "Seconds after a question when an unfinished stream is closed and the answer goes to "
+        "response_url instead (WeCom stops refreshing at 360).",
+    )
+    wecom_fallback_grace: float = _setting(
+        "WECOM_FALLBACK_GRACE",
+        10.0,
+        "Seconds a finished answer waits for a stream refresh before it goes to response_url.",
+    )
+    wecom_sandbox_refresh_interval: float = _setting(
+        "WECOM_SANDBOX_REFRESH_INTERVAL",
+        1.0,
+        "Seconds between the stream refreshes of the sandbox WeCom and the console's simulator.",
     )
     # Infrastructure
     redis_url: str = _setting(
@@ -67,6 +133,24 @@ class Settings:
     )
     dedup_ttl: int = _setting(
         "MIMOCHAT_DEDUP_TTL", 86400, "Seconds a message id is remembered against WeChat retries."
+    )
+    max_queue: int = _setting(
+        "MIMOCHAT_MAX_QUEUE",
+        200,
+        "Most questions waiting for a GPU; beyond it users get a polite 'busy' reply (0: no limit).",
+    )
+    shutdown_grace: float = _setting(
+        "MIMOCHAT_SHUTDOWN_GRACE",
+        90.0,
+        "Seconds SIGTERM waits for running generations/requests before handing jobs back.",
+    )
+    metrics_port: int = _setting(
+        "MIMOCHAT_METRICS_PORT",
+        9540,
+        "Port of each worker's Prometheus metrics server (0: none; the web serves /metrics).",
+    )
+    wechat_timeout: float = _setting(
+        "MIMOCHAT_WECHAT_TIMEOUT", 10.0, "Seconds one WeChat API call may take before it fails."
     )
     # Conversations
     history_ttl: int = _setting(
@@ -150,6 +234,12 @@ class Settings:
     # Admin and logs
     admin_token: str = _setting("ADMIN_TOKEN", "", "Token for /admin; empty: the console is off.")
     log_level: str = _setting("MIMOCHAT_LOG_LEVEL", "INFO", "Log level of every process.")
+    log_format: str = _setting(
+        "MIMOCHAT_LOG_FORMAT", "logfmt", "logfmt (key=value lines) | json (one object a line)."
+    )
+    log_user_text: bool = _setting(
+        "MIMOCHAT_LOG_USER_TEXT", False, "Put users' questions and answers in the logs (privacy)."
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: bool = True) -> Settings:
@@ -209,6 +299,30 @@ def setting_docs() -> list[tuple[str, str, str]]:
     return rows
 
 
+_GROUPS = {
+    "WECHAT_TOKEN": "WeChat Official Account",
+    "WECOM_BOT_TOKEN": "WeCom intelligent robot",
+    "REDIS_URL": "Infrastructure",
+    "MIMOCHAT_HISTORY_TTL": "Conversations",
+    "MIMOCHAT_MODEL": "Model and generation",
+    "ADMIN_TOKEN": "Admin console and logs",
+}
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its meaning and default."""
+    lines = [
+        "# mimochat settings: copy to .env and edit. The environment wins over this file.",
+        "# Every setting, its default and its meaning. Secrets never appear in logs or responses.",
+        "# Regenerate with: python -m bot.settings > .env.example",
+    ]
+    for name, default, doc in setting_docs():
+        if name in _GROUPS:
+            lines += ["", f"# --- {_GROUPS[name]} ---"]
+        lines += [f"# {doc}", f"{name}={default}"]
+    return "\n".join(lines) + "\n"
+
+
 def _coerce(f: dataclasses.Field, raw: str) -> Any:
     kind = type(f.default)
     raw = raw.strip()
@@ -231,3 +345,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
     from dotenv import dotenv_values
 
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+if __name__ == "__main__":
+    print(env_example(), end="")

@@ -68,6 +68,7 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
     backoff_base: float = 2.0  # seconds before restarting a child that died right after start
+    grace: float = GRACE_SECONDS  # seconds children get to stop before SIGKILL
 
     def add(self, name: str, argv: list[str], restart: bool) -> None:
         """Register a child to start."""
@@ -82,12 +83,12 @@ class Supervisor:
         live = [c for c in self.children if c.process and c.process.poll() is None]
         for c in live:
             os.killpg(c.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_SECONDS
+        deadline = time.monotonic() + self.grace
         for c in live:
             try:
                 c.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs, killing it", c.name, GRACE_SECONDS)
+                log.warning("%s did not stop in %.0fs, killing it", c.name, self.grace)
                 os.killpg(c.process.pid, signal.SIGKILL)
                 c.process.wait()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 import redis
@@ -17,6 +18,7 @@ from wechatpy import WeChatClient
 from wechatpy.exceptions import WeChatClientException
 from wechatpy.session.redisstorage import RedisStorage
 
+from bot import logs, metrics
 from bot.settings import Settings
 from bot.store import key
 
@@ -24,7 +26,6 @@ log = logging.getLogger(__name__)
 
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})  # invalid / malformed / expired access token
 TRANSIENT_ERRORS = frozenset({-1, 45009, 45011})  # system busy, API rate limits
-HTTP_TIMEOUT = 10.0
 
 
 class WeChatAPIError(Exception):
@@ -45,7 +46,7 @@ class _Client(WeChatClient):
             settings.wechat_app_id,
             settings.wechat_app_secret,
             session=storage,
-            timeout=HTTP_TIMEOUT,
+            timeout=settings.wechat_timeout,
             auto_retry=False,  # wechatpy's retry recurses without bound; WeChatAPI retries once
         )
         self.API_BASE_URL = api.base + "cgi-bin/"
@@ -71,7 +72,9 @@ class WeChatAPI:
 
     def current_token(self) -> str | None:
         """The shared token, if one is stored and not expired."""
-        return self.client.session.get(self.client.access_token_key)
+        token = self.client.session.get(self.client.access_token_key)
+        logs.add_secret(token)  # fetched by another process: masked in this one's logs too
+        return token
 
     def refresh_token(self, stale: str | None) -> str:
         """Fetch a new token unless another process already replaced `stale`."""
@@ -87,7 +90,7 @@ class WeChatAPI:
                         "appid": self.settings.wechat_app_id,
                         "secret": self.settings.wechat_app_secret,
                     },
-                    timeout=HTTP_TIMEOUT,
+                    timeout=self.settings.wechat_timeout,
                 )
                 res.raise_for_status()
                 data = res.json()
@@ -99,6 +102,8 @@ class WeChatAPI:
                 code = int(data["errcode"])
                 raise WeChatAPIError(code, str(data.get("errmsg", "")), code in TRANSIENT_ERRORS)
             token = data["access_token"]
+            logs.add_secret(token)  # never printed, whatever logs it later
+            metrics.TOKEN_REFRESHES.inc()
             # Expire a little early so no call goes out with a token WeChat just dropped.
             ttl = max(60, int(data.get("expires_in", 7200)) - 300)
             self.client.session.set(self.client.access_token_key, token, ttl)
@@ -141,3 +146,54 @@ class WeChatAPI:
             "message/custom/typing",
             {"touser": openid, "command": "Typing" if on else "CancelTyping"},
         )
+
+
+# What WeChat's error codes mean for an operator, in plain words (the console and the doctor).
+ERROR_HELP = {
+    -1: "WeChat is busy right now; try again in a moment",
+    40001: "WeChat rejected the access token or the AppSecret (another system may have fetched "
+    "a newer token)",
+    40002: "the token request was malformed (grant_type)",
+    40013: "WECHAT_APP_ID is not a valid AppID: copy it from 设置与开发 → 基本配置 in the "
+    "Official Account console (it starts with wx)",
+    40125: "WECHAT_APP_SECRET is wrong for this AppID: reset it under 设置与开发 → 基本配置 → "
+    "AppSecret and copy the new one",
+    40164: "this server's IP address is not on the account's IP whitelist: add it under "
+    "设置与开发 → 基本配置 → IP白名单",
+    41002: "WECHAT_APP_ID is missing",
+    41004: "WECHAT_APP_SECRET is missing",
+    45015: "the user has not written to the account in the last 48 hours, so it may not send "
+    "them customer-service messages",
+    45047: "the 5 customer-service messages allowed per user message are used up",
+    48001: "this account may not use this API: customer-service messages need a verified "
+    "service account; use WECHAT_REPLY_MODE=passive or auto",
+    89503: "this call came from an IP that needs an administrator's confirmation in the "
+    "Official Account console",
+}
+
+
+def explain(code: int | None, message: str = "") -> str:
+    """An error code in plain words (with the IP WeChat saw for 40164)."""
+    if code is None:
+        return f"cannot reach the WeChat API ({message or 'network error'})"
+    text = ERROR_HELP.get(code, f"WeChat answered error {code}: {message}")
+    if code == 40164 and (m := re.search(r"invalid ip ([0-9a-fA-F.:]+)", message)):
+        text += f" (WeChat saw this server as {m.group(1)})"
+    return f"{code}: {text}"
+
+
+def check_access_token(settings: Settings, client: redis.Redis) -> tuple[bool, str]:
+    """Can an access token be had from WECHAT_API_BASE? (ok, plain-words detail).
+
+    Uses the shared token when one is stored (a fresh fetch would invalidate the workers' one);
+    otherwise fetches one under the shared lock and stores it for everyone.
+    """
+    api = WeChatAPI(settings, client)
+    had = api.current_token() is not None
+    try:
+        api.refresh_token(stale=None)
+    except WeChatAPIError as exc:
+        return False, explain(exc.code, exc.message)
+    except redis.RedisError as exc:
+        return False, f"cannot share the token: Redis is unreachable ({type(exc).__name__})"
+    return True, "a valid token is shared in Redis" if had else "obtained and shared in Redis"

@@ -9,8 +9,9 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
+from bot.service import QueueFull
 from bot.settings import Settings
-from bot.store import Unavailable, celery_url, resolve_url
+from bot.store import Unavailable, celery_url, connect, resolve_url
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,8 @@ GPU_QUEUE = "gpu"
 IO_QUEUE = "io"
 GENERATE = "mimochat.generate"
 DELIVER = "mimochat.deliver"
+WECOM_GENERATE = "mimochat.wecom.generate"
+WECOM_CHECK = "mimochat.wecom.check"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -37,10 +40,16 @@ def make_celery(settings: Settings) -> Celery:
             Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (GPU_QUEUE, IO_QUEUE)
         ],
         task_default_queue=IO_QUEUE,
-        task_routes={GENERATE: {"queue": GPU_QUEUE}, DELIVER: {"queue": IO_QUEUE}},
+        task_routes={
+            GENERATE: {"queue": GPU_QUEUE},
+            DELIVER: {"queue": IO_QUEUE},
+            WECOM_GENERATE: {"queue": GPU_QUEUE},
+            WECOM_CHECK: {"queue": IO_QUEUE},
+        },
         task_create_missing_queues=False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
+            **restore_sweep(settings.visibility_timeout),
             "socket_connect_timeout": 1,
             "socket_timeout": 5,
         },
@@ -51,11 +60,23 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
         enable_utc=True,
     )
-    from tasks import deliver, generate
+    from tasks import deliver, generate, wecom
 
     generate.register(app, settings)
     deliver.register(app, settings)
+    wecom.register(app, settings)
     return app
+
+
+def restore_sweep(visibility_timeout: int) -> dict[str, int]:
+    """How often workers look for jobs whose worker died: about a tenth of the timeout.
+
+    kombu's default sweep runs every ~100 s, which would leave a short timeout (a test's, or a
+    deployment of fast generations) waiting far longer than it says.
+    """
+    period = max(1, min(100, visibility_timeout // 10))
+    interval = min(10, period)
+    return {"unacked_restore_interval": interval, "unacked_restore_throttle": period // interval}
 
 
 class Producer:
@@ -63,6 +84,15 @@ class Producer:
 
     def __init__(self, settings: Settings) -> None:
         self.app = make_celery(settings)
+        self.max_queue = settings.max_queue
+        self._url = resolve_url(settings)
+        self._redis: redis.Redis | None = None
+
+    def queue_length(self, queue: str = GPU_QUEUE) -> int:
+        """Jobs waiting in a queue (not yet taken by a worker)."""
+        if self._redis is None:
+            self._redis = connect(self._url)
+        return int(self._redis.llen(queue))
 
     def _send(self, name: str, payload: dict, queue: str) -> None:
         try:
@@ -70,10 +100,28 @@ class Producer:
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise Unavailable(f"cannot enqueue on {queue}: {type(exc).__name__}") from exc
 
+    def _check_room(self) -> None:
+        """Raise QueueFull when MIMOCHAT_MAX_QUEUE questions already wait for a GPU."""
+        if self.max_queue:
+            try:
+                waiting = self.queue_length(GPU_QUEUE)
+            except (redis.RedisError, OSError) as exc:
+                raise Unavailable(
+                    f"cannot read the {GPU_QUEUE} queue: {type(exc).__name__}"
+                ) from exc
+            if waiting >= self.max_queue:
+                raise QueueFull(f"{waiting} waiting, limit {self.max_queue}")
+
     def generation(self, job: dict) -> None:
-        """Put one generation job on the gpu queue (raises Unavailable if Redis is down)."""
+        """Put one generation job on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
+        self._check_room()
         self._send(GENERATE, job, GPU_QUEUE)
 
     def delivery(self, result: dict) -> None:
         """Put one delivery job on the io queue (raises Unavailable if Redis is down)."""
         self._send(DELIVER, result, IO_QUEUE)
+
+    def wecom_generation(self, job: dict) -> None:
+        """Put one WeCom question on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
+        self._check_room()
+        self._send(WECOM_GENERATE, job, GPU_QUEUE)

@@ -6,7 +6,7 @@ import logging
 
 from celery import Celery, Task
 
-from bot import delivery
+from bot import delivery, jobs, metrics
 from bot.settings import Settings
 from bot.wechat_api import WeChatAPIError
 from tasks import runtime
@@ -26,12 +26,15 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name="mimochat.deliver", bind=True, acks_late=True, max_retries=MAX_RETRIES)
     def deliver(self: Task, result: dict) -> None:
+        client = runtime.redis_client(settings)
         try:
-            delivery.deliver(
-                result, client=runtime.redis_client(settings), api=runtime.wechat_api(settings)
+            outcome = delivery.deliver(
+                result, settings=settings, client=client, api=runtime.wechat_api(settings)
             )
         except WeChatAPIError as exc:
-            if exc.transient and self.request.retries < MAX_RETRIES:
+            retry = exc.transient and self.request.retries < MAX_RETRIES
+            metrics.delivery_error(exc.code, final=not retry)
+            if retry:
                 log.warning(
                     "delivery of job %s failed (%s), retry %d",
                     result["job_id"],
@@ -40,4 +43,19 @@ def register(app: Celery, settings: Settings) -> None:
                 )
                 raise self.retry(countdown=backoff(self.request.retries), exc=exc) from None
             log.error("delivery of job %s failed for good: %s", result["job_id"], exc)
-            delivery.record_failure(runtime.redis_client(settings), result, exc)
+            delivery.record_failure(client, result, exc)
+        else:
+            if isinstance(outcome, dict) and outcome.get("sent_now"):
+                received_at = jobs.get(client, result["job_id"]).get("received_at")
+                metrics.answered(received_at, outcome.get("delivered_at"))
+
+    @app.task(name="mimochat.typing", acks_late=True, ignore_result=True)
+    def typing(job: dict, shown: int = 0) -> None:
+        again = delivery.typing(
+            job,
+            settings=settings,
+            client=runtime.redis_client(settings),
+            api=runtime.wechat_api(settings),
+        )
+        if again and shown + 1 < delivery.TYPING_MAX:
+            typing.apply_async(args=[job, shown + 1], countdown=delivery.TYPING_EVERY, queue="io")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import Celery
 
-from bot import service
+from bot import metrics, reply_mode, service
 from bot.settings import Settings
 from tasks import runtime
 
@@ -18,10 +19,20 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name="mimochat.generate", acks_late=True)
     def generate(job: dict) -> None:
-        result = service.answer(
-            job,
-            settings=settings,
-            client=runtime.redis_client(settings),
-            engine=runtime.engine(settings),
-        )
+        started = time.time()
+        client = runtime.redis_client(settings)
+        if (
+            job["channel"] == "wechat"
+            and reply_mode.effective(settings, client) != reply_mode.PASSIVE
+        ):
+            app.send_task("mimochat.typing", args=[job], queue="io")
+        with metrics.generating():
+            result = service.answer(
+                job,
+                settings=settings,
+                client=client,
+                engine=runtime.engine(settings),
+            )
+        if float(result.get("answered_at") or 0) >= started:  # not an earlier try's answer
+            metrics.generation_done(result)
         app.send_task("mimochat.deliver", args=[result], queue="io")

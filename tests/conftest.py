@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,17 @@ from werkzeug.serving import make_server
 
 from bot.settings import Settings
 from bot.store import connect, start_embedded
-from tests.helpers import AES_KEY, APP_ID, APP_SECRET, TOKEN, free_port, with_db
+from tests.helpers import (
+    ADMIN_TOKEN,
+    AES_KEY,
+    APP_ID,
+    APP_SECRET,
+    TOKEN,
+    WECOM_AES_KEY,
+    WECOM_TOKEN,
+    free_port,
+    with_db,
+)
 from webhooks import create_app
 
 
@@ -50,7 +61,9 @@ def base_settings(data_dir: Path, redis_url: str) -> Settings:
         wechat_app_id=APP_ID,
         wechat_app_secret=APP_SECRET,
         wechat_aes_key=AES_KEY,
-        wechat_reply_mode="customer_service",
+        wechat_reply_mode="auto",
+        wechat_passive_wait=1.5,  # WeChat's 4.5 s / 5 s, shortened so passive tests run fast
+        wechat_platform_timeout=2.0,
         redis_url=redis_url,
         data_dir=str(data_dir),
         model="tiny",
@@ -59,6 +72,11 @@ def base_settings(data_dir: Path, redis_url: str) -> Settings:
         max_new_tokens=16,
         gpu_concurrency=4,
         log_level="INFO",
+        wecom_bot_token=WECOM_TOKEN,
+        wecom_bot_aes_key=WECOM_AES_KEY,
+        wecom_sandbox_refresh_interval=0.2,
+        max_queue=0,  # queues in a long-lived REDIS_URL server grow across runs
+        metrics_port=0,  # tests that scrape a worker give it a free port
     )
 
 
@@ -92,6 +110,22 @@ class Stack:
                 return messages
             time.sleep(0.1)
         raise AssertionError(f"{user} got {len(self.outbox(user))} message(s), wanted {count}")
+
+    def open_window(self, user: str) -> None:
+        """Open the user's customer-service window, as a message from them would."""
+        requests.post(
+            f"{self.url}/sandbox/wechat/window", json={"user": user}, timeout=5
+        ).raise_for_status()
+
+    def say(self, user: str, content: str, **extra: object) -> dict:
+        """The user sends a message; the sandbox posts it as WeChat would (with retries)."""
+        res = requests.post(
+            f"{self.url}/sandbox/wechat/user",
+            json={"user": user, "content": content, **extra},
+            timeout=60,
+        )
+        res.raise_for_status()
+        return res.json()
 
     def plan_faults(self, faults: list[dict]) -> None:
         """Make the sandbox fail the next API calls as planned."""
@@ -191,3 +225,56 @@ def live_sandbox(settings: Settings) -> Iterator[tuple[str, Settings]]:
     finally:
         server.shutdown()
         thread.join(5)
+
+
+# --- the admin console (issue 6) ---
+
+
+@pytest.fixture
+def admin_settings(settings: Settings) -> Settings:
+    """Unit settings (Redis db 1, no worker) with the console on.
+
+    The WeChat API base is a closed local port: the doctor's token fetch must never leave
+    the machine (tests that need a working API use `live_admin`, whose sandbox answers).
+    """
+    return settings.replace(
+        admin_token=ADMIN_TOKEN, wechat_api_base=f"http://127.0.0.1:{free_port()}/sandbox/wechat/"
+    )
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """The app for `settings` over real HTTP in a thread; yields its base URL."""
+    port = free_port()
+    server = make_server("127.0.0.1", port, create_app(settings), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.fixture
+def live_admin(admin_settings: Settings) -> Iterator[tuple[str, Settings]]:
+    """The console served over HTTP on db 1 (no worker), its sandbox as WeChat API."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    served = admin_settings.replace(wechat_api_base=f"{base}/sandbox/wechat/")
+    server = make_server("127.0.0.1", port, create_app(served), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield base, served
+    finally:
+        server.shutdown()
+        thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def admin_on_stack(stack: Stack) -> Iterator[tuple[str, Settings]]:
+    """A console on the live stack's Redis: its messages are answered by the real worker."""
+    served = stack.settings.replace(admin_token=ADMIN_TOKEN)
+    with serve(served) as base:
+        yield base, served

@@ -14,6 +14,10 @@ APP_ID = "wx00112233445566ff"
 APP_SECRET = "test-secret-00112233445566778899"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 ACCOUNT = "gh_test_account"
+# WeCom's published callback sample (token, EncodingAESKey): the robot under test uses them.
+WECOM_TOKEN = "hJqcu3uJ9Tn2gXPmxx2w9kkCkCE2EPYo"
+WECOM_AES_KEY = "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt"
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
 
 def free_port() -> int:
@@ -45,3 +49,14 @@ def queued_jobs(client: Any, queue: str = "gpu") -> list[dict]:
         args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         jobs.append(args[0])
     return jobs
+
+
+def user_with_window(base: str) -> str:
+    """A fresh user who just wrote to the account: the sandbox lets us send to them."""
+    import requests
+
+    user = unique()
+    requests.post(
+        f"{base}/sandbox/wechat/window", json={"user": user}, timeout=5
+    ).raise_for_status()
+    return user

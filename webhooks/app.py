@@ -55,14 +55,20 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
     )
 
-    from webhooks import health, wechat
+    from webhooks import health, metrics, wechat, wecom
 
     app.register_blueprint(wechat.bp)
+    app.register_blueprint(wecom.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
+    from webhooks import admin
+
+    admin.init_app(app, settings)
     if settings.sandbox:
-        from webhooks import sandbox
+        from webhooks import sandbox, sandbox_wecom
 
         app.register_blueprint(sandbox.bp)
+        app.register_blueprint(sandbox_wecom.bp)
 
     @app.errorhandler(ProtocolError)
     def protocol_error(exc: ProtocolError):  # noqa: ANN202

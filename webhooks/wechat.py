@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import Blueprint, Response, request
 
 from bot import service
 from bot.channels.wechat import parse_message, render_text_reply
+from webhooks import metrics
 from webhooks.app import services
 
 bp = Blueprint("wechat", __name__)
@@ -21,13 +24,20 @@ def verify_url() -> Response:
 @bp.post("/wechat")
 def receive() -> Response:
     """A user's message: acknowledged only once its job is in Redis."""
+    started = time.time()
     s = services()
     inbound = s.wechat.open(request.args.to_dict(), request.get_data())
     message = parse_message(inbound.xml)
     decision = service.ingest(
         message, settings=s.settings, client=s.redis, enqueue=s.producer.generation
     )
-    if decision.reply is None:
+    reply = service.respond(message, decision, settings=s.settings, client=s.redis, started=started)
+    metrics.note(decision, held=reply.hold > 0)
+    if reply.hold:
+        # Passive mode, answer not ready: stay silent so WeChat times out and retries.
+        time.sleep(reply.hold)
+        return Response("", status=503)
+    if reply.text is None:
         return Response("success", mimetype="text/plain")
-    xml = render_text_reply(message.user, message.account, decision.reply)
+    xml = render_text_reply(message.user, message.account, reply.text)
     return Response(s.wechat.seal(xml, inbound), mimetype="application/xml")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import redis
 
-from bot import jobs, progress, service
+from bot import commands, jobs, progress, service
 from bot.engine import get_engine
 from bot.engine.base import Engine, Generation, GenerationRequest
+from bot.mailbox import Mailbox, Piece
 from bot.messages import IncomingMessage
 from bot.settings import Settings
 from tests.helpers import unique
@@ -137,3 +139,110 @@ def test_a_question_too_long_for_any_window_gets_the_apology(
     assert result["answer"] == service.APOLOGY_TEXT
     assert result["error"] == "ValueError"
     assert engine.requests == []
+
+
+def passive_settings(settings: Settings) -> Settings:
+    return settings.replace(
+        wechat_reply_mode="passive", wechat_passive_wait=0.6, wechat_platform_timeout=0.8
+    )
+
+
+def test_command_retry_gets_the_same_reply(settings: Settings, redis_client: redis.Redis) -> None:
+    m = message(unique(), "/help", "help" + unique(""))
+    first = service.ingest(m, settings=settings, client=redis_client, enqueue=lambda j: None)
+    retry = service.ingest(m, settings=settings, client=redis_client, enqueue=lambda j: None)
+    assert retry.duplicate and retry.attempt == 2
+    assert retry.reply == first.reply
+
+
+def test_passive_reply_waits_for_the_answer(settings: Settings, redis_client: redis.Redis) -> None:
+    s = passive_settings(settings)
+    m = message(unique(), "question")
+    decision = service.ingest(m, settings=s, client=redis_client, enqueue=lambda j: None)
+    box = Mailbox(redis_client, "wechat", m.user, 60)
+    timer = threading.Timer(0.2, box.put, args=[[Piece(decision.job_id, "the answer")]])
+    timer.start()
+    reply = service.respond(m, decision, settings=s, client=redis_client, started=time.time())
+    timer.join()
+    assert reply == service.PassiveReply("the answer")
+
+
+def test_passive_reply_holds_then_gives_notice_on_the_last_try(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    s = passive_settings(settings)
+    m = message(unique(), "slow question")
+    replies = []
+    for _ in range(s.wechat_attempts):
+        started = time.time()
+        decision = service.ingest(m, settings=s, client=redis_client, enqueue=lambda j: None)
+        replies.append(
+            service.respond(m, decision, settings=s, client=redis_client, started=started)
+        )
+    assert [r.text for r in replies[:-1]] == [None, None]
+    assert all(r.hold > s.wechat_platform_timeout - s.wechat_passive_wait for r in replies[:-1])
+    assert replies[-1].text == commands.STILL_THINKING_TEXT
+
+
+def test_next_message_carries_the_waiting_answer(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    user = unique()
+    Mailbox(redis_client, "wechat", user, 60).put(
+        [Piece("old-job", "the late answer", "old question")]
+    )
+    m = message(user, "new question")
+    decision = service.ingest(m, settings=settings, client=redis_client, enqueue=lambda j: None)
+    assert decision.job is not None  # the new question is answered too
+    reply = service.respond(
+        m, decision, settings=settings, client=redis_client, started=time.time()
+    )
+    assert reply.text == "the late answer"
+
+
+@pytest.mark.parametrize(("waiting", "expected"), [(True, "part two"), (False, None)])
+def test_continue_keyword(
+    settings: Settings, redis_client: redis.Redis, waiting: bool, expected: str | None
+) -> None:
+    user = unique()
+    if waiting:
+        Mailbox(redis_client, "wechat", user, 60).put([Piece("j", "part two")])
+    queued: list[dict] = []
+    m = message(user, "继续")
+    decision = service.ingest(m, settings=settings, client=redis_client, enqueue=queued.append)
+    reply = service.respond(
+        m, decision, settings=settings, client=redis_client, started=time.time()
+    )
+    if waiting:
+        assert (reply.text, queued) == (expected, [])
+    else:
+        assert len(queued) == 1  # nothing waits: "继续" is just a message for the model
+
+
+def test_full_queue_answers_busy_and_keeps_the_message_unseen(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """A full queue: a polite reply now, nothing queued, and a later retry still goes through."""
+
+    def full(_job: dict) -> None:
+        raise service.QueueFull("5 waiting, limit 5")
+
+    m = message(unique(), "hello")
+    busy = service.ingest(m, settings=settings, client=redis_client, enqueue=full)
+    assert (busy.busy, busy.reply, busy.job) == (True, service.BUSY_TEXT, None)
+    queued: list[dict] = []
+    again = service.ingest(m, settings=settings, client=redis_client, enqueue=queued.append)
+    assert (again.busy, again.duplicate, len(queued)) == (False, False, 1)
+
+
+def test_commands_are_answered_even_when_the_queue_is_full(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    def full(_job: dict) -> None:
+        raise service.QueueFull("full")
+
+    decision = service.ingest(
+        message(unique(), "/help"), settings=settings, client=redis_client, enqueue=full
+    )
+    assert not decision.busy
+    assert decision.reply

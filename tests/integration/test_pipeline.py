@@ -31,6 +31,7 @@ def settle(stack: Stack, user: str, count: int, quiet: float = 2.0) -> list[dict
 
 def test_encrypted_message_with_three_retries_gets_one_answer(stack: Stack) -> None:
     user = unique()
+    stack.open_window(user)
     xml = message_xml(user, ACCOUNT, content="What is the capital of France?")
     timings = []
     for _ in range(4):  # WeChat's first try and its 3 retries of the same MsgId
@@ -48,15 +49,16 @@ def test_encrypted_message_with_three_retries_gets_one_answer(stack: Stack) -> N
 
 def test_plaintext_mode_message_answered(stack: Stack) -> None:
     user = unique()
+    stack.open_window(user)
     assert post(stack, message_xml(user, ACCOUNT, content="hello"), aes="").text == "success"
     assert len(settle(stack, user, 1, quiet=0.5)) == 1
 
 
 def test_conversation_carries_on_and_resets(stack: Stack) -> None:
     user = unique()
-    post(stack, message_xml(user, ACCOUNT, content="first question"))
+    stack.say(user, "first question")
     stack.wait_outbox(user, 1)
-    post(stack, message_xml(user, ACCOUNT, content="second question"))
+    stack.say(user, "second question")
     stack.wait_outbox(user, 2)
     key = f"mimochat:conv:wechat:{user}"
     deadline = time.monotonic() + 10
@@ -73,7 +75,7 @@ def test_delivery_survives_api_failures(stack: Stack) -> None:
     """Injected: two 5xx answers from the WeChat API. Counted: exactly one answer delivered."""
     user = unique()
     stack.plan_faults([{"status": 500}, {"status": 502}])
-    post(stack, message_xml(user, ACCOUNT, content="are you there?"))
+    stack.say(user, "are you there?")
     messages = settle(stack, user, 1, quiet=1.0)
     assert len(messages) == 1
 
@@ -81,7 +83,7 @@ def test_delivery_survives_api_failures(stack: Stack) -> None:
 def test_token_invalidated_elsewhere_is_refreshed(stack: Stack) -> None:
     """Injected: a token fetch by someone else, which invalidates the worker's token (40001)."""
     user = unique()
-    post(stack, message_xml(user, ACCOUNT, content="warm up"))
+    stack.say(user, "warm up")
     stack.wait_outbox(user, 1)
     s = stack.settings
     requests.get(
@@ -93,5 +95,5 @@ def test_token_invalidated_elsewhere_is_refreshed(stack: Stack) -> None:
         },
         timeout=5,
     ).raise_for_status()
-    post(stack, message_xml(user, ACCOUNT, content="again"))
+    stack.say(user, "again")
     assert len(settle(stack, user, 2, quiet=1.0)) == 2

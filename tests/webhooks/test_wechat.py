@@ -188,4 +188,3 @@ def test_redis_down_is_503_then_recovers(settings: Settings, tmp_path) -> None: 
 
 def test_health(client: FlaskClient) -> None:
     assert client.get("/healthz").status_code == 200
-    assert client.get("/readyz").status_code == 200

@@ -1,0 +1,37 @@
+"""The Celery app's settings and the producer's queue limit, on a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from bot.service import QueueFull
+from bot.settings import Settings
+from tasks.celery_app import GPU_QUEUE, Producer, restore_sweep
+
+
+@pytest.mark.parametrize(
+    ("visibility_timeout", "seconds_between_sweeps"),
+    [(5, 1), (60, 6), (600, 60), (3600, 100), (86400, 100)],
+)
+def test_dead_workers_jobs_are_looked_for_about_ten_times_per_timeout(
+    visibility_timeout: int, seconds_between_sweeps: int
+) -> None:
+    sweep = restore_sweep(visibility_timeout)
+    period = sweep["unacked_restore_interval"] * sweep["unacked_restore_throttle"]
+    assert period == seconds_between_sweeps
+
+
+def test_producer_refuses_past_the_queue_limit(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    waiting = redis_client.llen(GPU_QUEUE)
+    producer = Producer(settings.replace(max_queue=waiting + 2))
+    job = {"job_id": "j", "request_id": "r", "user": "u", "text": "t"}
+    producer.generation(job)
+    producer.generation(job)
+    with pytest.raises(QueueFull):
+        producer.generation(job)
+    assert redis_client.llen(GPU_QUEUE) == waiting + 2
+    Producer(settings.replace(max_queue=0)).generation(job)  # 0: no limit
+    assert redis_client.llen(GPU_QUEUE) == waiting + 3

@@ -1,0 +1,201 @@
+"""The console in a real headless Chromium: log in, simulate a message, watch it answered.
+
+Chromium is Debian's package (`make test` installs it when missing and it can); Playwright for
+Python drives it. The console talks to the live stack: a real worker answers with the tiny model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bot.settings import Settings
+from tests.conftest import Stack
+from tests.helpers import ADMIN_TOKEN, unique
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Headless Chromium through Playwright (never Playwright's own browser download)."""
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"no browser: {CHROMIUM} is missing and could not be installed "
+            "(`apt-get install chromium` as root; `make test` tries it)"
+        )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def keep(shot: Path) -> None:
+    """Copy a screenshot to $MIMOCHAT_ARTIFACTS (e.g. artifacts/) when asked."""
+    target = os.environ.get("MIMOCHAT_ARTIFACTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / shot.name)
+
+
+def test_login_simulate_and_watch_the_answer(
+    browser: object, admin_on_stack: tuple[str, Settings], tmp_path: Path
+) -> None:
+    base, _ = admin_on_stack
+    context = browser.new_context(viewport=DESKTOP)  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.goto(f"{base}/admin/simulator")
+        assert "/admin/login" in page.url
+        page.fill("#token", "wrong")
+        page.click("button[type=submit]")
+        assert page.locator("[role=alert]").inner_text() == "That is not the admin token."
+        page.fill("#token", ADMIN_TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/admin/simulator")
+
+        user = unique("o_browser")
+        page.fill("#sim-user", user)
+        page.fill("#sim-text", "What is the capital of France?")
+        page.click("#sim-send")
+        entry = page.locator(".exchange").first
+        entry.locator(".verdict").filter(has_text="acknowledged").wait_for()
+        page.locator(".exchange.done").first.wait_for(timeout=90_000)
+
+        answer = entry.locator(".replies .bubble.bot").first.inner_text()
+        assert answer.strip()
+        stages = entry.locator(".timeline tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.stage)"
+        )
+        for stage in ("webhook", "received", "started", "generated", "delivered"):
+            assert stage in stages, stages
+        delivered = entry.locator('.timeline tr[data-stage="delivered"]').inner_text()
+        assert "customer-service API" in delivered  # the sandbox saw the user write first
+        details = entry.locator("details.reasoning")
+        if details.get_attribute("data-has"):
+            details.locator("summary").click()
+            assert details.locator("pre").is_visible()
+        desktop = tmp_path / "admin-simulator-desktop.png"
+        page.screenshot(path=str(desktop), full_page=True)
+
+        page.set_viewport_size(PHONE)
+        phone = tmp_path / "admin-simulator-phone.png"
+        page.screenshot(path=str(phone), full_page=True)
+        # Nothing wider than the phone's screen: no sideways scrolling.
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+        page.goto(f"{base}/admin/setup")
+        page.locator('[data-check="workers: gpu"] .tag').filter(has_text="ok").wait_for(
+            timeout=30_000
+        )
+        setup = tmp_path / "admin-setup-phone.png"
+        page.screenshot(path=str(setup), full_page=True)
+        page.goto(f"{base}/admin/")
+        page.locator("#stats-at").filter(has_text="updated").wait_for()
+        assert int(page.inner_text("#rate").split(".")[0]) >= 0
+        live = tmp_path / "admin-live-phone.png"
+        page.screenshot(path=str(live), full_page=True)
+        page.goto(f"{base}/admin/conversations?user={user}")
+        page.click(f"text={user}")
+        assert "What is the capital of France?" in page.inner_text("#opened")
+        convo = tmp_path / "admin-conversation-phone.png"
+        page.screenshot(path=str(convo), full_page=True)
+        for shot in (desktop, phone, setup, live, convo):
+            assert shot.stat().st_size > 10_000
+            keep(shot)
+
+        page.click("text=Log out")
+        page.wait_for_url(f"{base}/admin/login")
+        assert ADMIN_TOKEN not in page.content()
+    finally:
+        context.close()
+
+
+def test_wecom_group_streams_the_answer(
+    browser: object, admin_on_stack: tuple[str, Settings], stack: Stack, tmp_path: Path
+) -> None:
+    """Pick the WeCom group channel: the page shows the robot's stream, then the final answer.
+
+    Injected: 1.5 s of generation delay (the sandbox's engine switch), so the stream is seen
+    unfinished ("Thinking…", dashed) before it finishes.
+    """
+    base, _ = admin_on_stack
+    context = browser.new_context(viewport=DESKTOP)  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    requests.post(f"{stack.url}/sandbox/wechat/engine", json={"delay": 1.5}, timeout=5)
+    try:
+        page.goto(f"{base}/admin/login")
+        page.fill("#token", ADMIN_TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{base}/admin/")
+        page.goto(f"{base}/admin/simulator")
+        assert not page.is_visible("#sim-group")  # no group id for an Official Account
+        page.select_option("#sim-channel", "wecom_group")
+        assert page.is_visible("#sim-group")
+        assert page.input_value("#sim-url") == f"{base}/wecom"
+        user, group = unique("zhang"), unique("team")
+        page.fill("#sim-user", user)
+        page.fill("#sim-group", group)
+        page.fill("#sim-text", "What is 2+2?")
+        page.click("#sim-send")
+        entry = page.locator(".exchange").first
+        entry.locator(".verdict").filter(has_text="stream started").wait_for()
+        streaming = entry.locator(".bubble.stream.streaming")
+        streaming.wait_for()
+        assert f"@{user}: What is 2+2?" in streaming.locator(".quote").inner_text()
+        # The group saw the robot's @mention in the question.
+        assert entry.locator(".bubble.user").inner_text() == "@MiMo What is 2+2?"
+        mid = tmp_path / "admin-simulator-wecom-streaming.png"
+        page.screenshot(path=str(mid), full_page=True)
+        entry.locator(".bubble.stream.final").wait_for(timeout=60_000)
+        page.locator(".exchange.done").first.wait_for(timeout=30_000)
+
+        final = entry.locator(".bubble.stream.final")
+        assert final.locator(".answer").inner_text().strip()
+        assert "finished by the stream" in entry.locator(".progress").inner_text()
+        stages = entry.locator(".timeline tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.stage)"
+        )
+        for stage in ("webhook", "received", "started", "generated", "delivered", "stream end"):
+            assert stage in stages, stages
+        assert "stream refresh" in entry.locator('tr[data-stage="delivered"]').inner_text()
+        details = entry.locator("details.reasoning")
+        if details.get_attribute("data-has"):
+            details.locator("summary").click()
+            assert details.locator("pre").is_visible()
+        desktop = tmp_path / "admin-simulator-wecom-desktop.png"
+        page.screenshot(path=str(desktop), full_page=True)
+        page.set_viewport_size(PHONE)
+        phone = tmp_path / "admin-simulator-wecom-phone.png"
+        page.screenshot(path=str(phone), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        for shot in (mid, desktop, phone):
+            assert shot.stat().st_size > 10_000
+            keep(shot)
+    finally:
+        requests.post(f"{stack.url}/sandbox/wechat/engine", json={"delay": 0}, timeout=5)
+        context.close()

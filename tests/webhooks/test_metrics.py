@@ -1,0 +1,108 @@
+"""`/metrics`: webhook calls by channel and outcome, and the system's figures from Redis."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from bot import jobs, workers
+from bot.channels.wechat import message_xml, sign_request
+from bot.settings import Settings
+from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, unique
+from webhooks import create_app
+
+
+def scrape(client: FlaskClient) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics by (name, sorted labels)."""
+    res = client.get("/metrics")
+    assert res.status_code == 200
+    assert res.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(res.get_data(as_text=True)):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def count(samples: dict, outcome: str) -> float:
+    key = ("mimochat_webhook_requests_total", (("channel", "wechat"), ("outcome", outcome)))
+    return samples.get(key, 0.0)
+
+
+def post(client: FlaskClient, xml: str, **params: str):  # noqa: ANN201
+    signed = sign_request(TOKEN, xml, aes_key=AES_KEY, app_id=APP_ID)
+    return client.post("/wechat", query_string={**signed.params, **params}, data=signed.body)
+
+
+def test_webhook_calls_counted_by_outcome(settings: Settings) -> None:
+    app = create_app(settings)
+    client = app.test_client()
+    waiting = app.extensions["mimochat"].redis.llen("gpu")
+    full = create_app(settings.replace(max_queue=max(1, waiting))).test_client()
+    before = scrape(client)
+    user = unique()
+    xml = message_xml(user, ACCOUNT, content="hi")
+    assert post(client, xml).status_code == 200  # enqueued
+    assert post(client, xml).status_code == 200  # WeChat's retry: duplicate
+    assert post(client, message_xml(user, ACCOUNT, content="/help")).status_code == 200
+    assert post(client, xml, signature="0" * 40, msg_signature="0" * 40).status_code == 403
+    assert post(full, message_xml(unique(), ACCOUNT, content="hi")).status_code == 200  # busy
+    after = scrape(client)
+    deltas = {
+        o: count(after, o) - count(before, o)
+        for o in ("enqueued", "duplicate", "replied", "rejected", "busy")
+    }
+    assert deltas == {"enqueued": 1, "duplicate": 1, "replied": 1, "rejected": 1, "busy": 1}
+    latency = (
+        "mimochat_webhook_request_seconds_count",
+        (("channel", "wechat"), ("outcome", "enqueued")),
+    )
+    assert after[latency] - before.get(latency, 0) == 1
+
+
+def test_system_figures_read_from_redis(app: Flask, client: FlaskClient) -> None:
+    redis_client = app.extensions["mimochat"].redis
+    for stale in workers.online(redis_client):
+        workers.gone(redis_client, stale["hostname"])
+    worker = unique("gpu")
+    workers.beat(redis_client, worker, ["gpu", "io"], "ready", {"generating": 3})
+    job_id = unique("job")
+    jobs.record(redis_client, job_id, "received")
+    jobs.record(redis_client, job_id, "started")
+    try:
+        samples = scrape(client)
+        assert samples[("mimochat_redis_up", ())] == 1
+        for queue in ("gpu", "io"):
+            assert samples[("mimochat_queue_depth", (("queue", queue),))] == redis_client.llen(
+                queue
+            )
+            assert samples[("mimochat_workers_online", (("queue", queue),))] == 1
+        assert samples[("mimochat_engine_batch_size", (("worker", worker),))] == 3
+        assert samples[("mimochat_jobs", (("stage", "started"),))] >= 1
+        assert ("mimochat_queue_unacked", ()) in samples
+    finally:
+        workers.gone(redis_client, worker)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "mimochat_webhook_requests",
+        "mimochat_webhook_request_seconds",
+        "mimochat_job_stages",
+        "mimochat_generations_in_flight",
+        "mimochat_generated_tokens",
+        "mimochat_generation_tokens_per_second",
+        "mimochat_time_to_answer_seconds",
+        "mimochat_delivery_errors",
+        "mimochat_queue_depth",
+        "mimochat_workers_online",
+        "mimochat_jobs",
+        "mimochat_engine_batch_size",
+    ],
+)
+def test_every_figure_is_described(client: FlaskClient, family: str) -> None:
+    text = client.get("/metrics").get_data(as_text=True)
+    assert f"# HELP {family} " in text or f"# HELP {family}_total " in text
