@@ -38,8 +38,8 @@ def wecom_stacks(
         # a stream shows several steps and a person's questions stay in flight for a while.
         {
             "wecom_session_scope": "group",
-            "thinking_budget": 128,
-            "max_new_tokens": 48,
+            "thinking_budget": 512,
+            "max_new_tokens": 96,
             "generation_delay": 0.5,
         },
     )
