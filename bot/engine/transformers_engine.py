@@ -777,6 +777,8 @@ class TransformersEngine(Engine):
                     # A crashed loop takes every request in it down; ours gets one more try,
                     # from where it was, on a fresh loop.
                     if isinstance(update.error, BatchCrashed) and not retried and not check([]):
+                        if len(got) >= max_new_tokens:
+                            break  # it had every token it asked for
                         retried = True
                         log.warning("request %s resubmitted: %s", request.request_id, update.error)
                         offset = len(got)
