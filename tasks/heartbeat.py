@@ -57,6 +57,9 @@ class Heartbeat:
     def stop(self) -> None:
         """Stop beating and remove the record so the worker shows offline at once."""
         self._stop.set()
+        # A beat in progress would write the record back after we delete it: let it finish.
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.interval + 5)
         with contextlib.suppress(redis.RedisError):  # else it expires by itself
             workers.gone(self.client, self.hostname)
 
