@@ -23,23 +23,11 @@ from bot.engine.base import Generation, GenerationRequest
 from bot.engine.openai_engine import FALLBACK_ANSWER, OpenAIEngine
 from bot.engine.transformers_engine import TransformersEngine
 from bot.settings import Settings
+from tests.bot.engine.requests import QUESTION, request
 from tests.fake_openai import FakeOpenAI
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 FINISH_REASONS = {"stop", "length", "budget", "empty"}
 BACKENDS = ["transformers-batched", "transformers-one-at-a-time", "openai-parser", "openai-tags"]
-
-
-def request(**overrides: Any) -> GenerationRequest:
-    values: dict[str, Any] = {
-        "messages": QUESTION,
-        "max_new_tokens": 12,
-        "thinking_budget": 24,
-        "seed": 7,
-        "request_id": "r1",
-    }
-    values.update(overrides)
-    return GenerationRequest(**values)
 
 
 @pytest.fixture(params=BACKENDS)

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Qwen2Config
 
 from bot.engine import build_engine
-from bot.engine.base import Generation, GenerationRequest
+from bot.engine.base import Generation
 from bot.engine.transformers_engine import (
     FALLBACK_ANSWER,
     FORCED_CLOSE,
@@ -34,21 +34,9 @@ from bot.engine.transformers_engine import (
     weight_bytes,
 )
 from bot.settings import Settings
+from tests.bot.engine.requests import QUESTION, request
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 FINISH_REASONS = {"stop", "length", "budget", "empty"}
-
-
-def request(**overrides: Any) -> GenerationRequest:
-    values: dict[str, Any] = {
-        "messages": QUESTION,
-        "max_new_tokens": 12,
-        "thinking_budget": 24,
-        "seed": 7,
-        "request_id": "r1",
-    }
-    values.update(overrides)
-    return GenerationRequest(**values)
 
 
 class ScriptedGenerate:
