@@ -44,14 +44,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from transformers import Qwen2Config  # noqa: E402
 
+from bot.core.settings import Settings  # noqa: E402
 from bot.engine.base import GenerationRequest  # noqa: E402
-from bot.engine.tiny import build_tokenizer  # noqa: E402
-from bot.engine.transformers_engine import (  # noqa: E402
+from bot.engine.transformers.engine import (  # noqa: E402
     MiMoQwen2ForCausalLM,
     TransformersEngine,
     weight_bytes,
 )
-from bot.settings import Settings  # noqa: E402
+from bot.engine.transformers.tiny import build_tokenizer  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",

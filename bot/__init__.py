@@ -1,1 +1,1 @@
-"""mimochat's domain: settings, messages, conversations, formatting, channels and engines."""
+"""mimochat's domain, free of web and queue code: core, pipeline, channels, text, engine, console, cli."""

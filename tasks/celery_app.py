@@ -9,9 +9,9 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
-from bot.service import QueueFull
-from bot.settings import Settings
-from bot.store import Unavailable, celery_url, connect, resolve_url
+from bot.core.settings import Settings
+from bot.core.store import Unavailable, celery_url, connect, resolve_url
+from bot.pipeline.service import QueueFull
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ import logging
 
 from celery import Celery, Task
 
-from bot import delivery, jobs, metrics
-from bot.settings import Settings
-from bot.wechat_api import WeChatAPIError
+from bot.channels.wechat import delivery
+from bot.channels.wechat.api import WeChatAPIError
+from bot.core import jobs, metrics
+from bot.core.settings import Settings
 from tasks import runtime
 
 log = logging.getLogger(__name__)

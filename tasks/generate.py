@@ -7,8 +7,10 @@ import time
 
 from celery import Celery
 
-from bot import metrics, reply_mode, service
-from bot.settings import Settings
+from bot.channels.wechat import reply_mode
+from bot.core import metrics
+from bot.core.settings import Settings
+from bot.pipeline import service
 from tasks import runtime
 
 log = logging.getLogger(__name__)

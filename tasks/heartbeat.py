@@ -1,4 +1,4 @@
-"""The worker's heartbeat thread: publishes bot.workers records while the worker runs."""
+"""The worker's heartbeat thread: publishes bot.console.workers records while the worker runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from bot import workers
+from bot.console import workers
 
 log = logging.getLogger(__name__)
 

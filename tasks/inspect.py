@@ -1,6 +1,6 @@
 """Which workers are ready for which queue, and how long the queues are, read from Redis.
 
-Workers publish heartbeats (`bot/workers.py`, written by tasks/heartbeat.py) and remove them as
+Workers publish heartbeats (`bot/console/workers.py`, written by tasks/heartbeat.py) and remove them as
 soon as they start shutting down, so these answer in one round trip without Celery's broadcast
 ping. Used by `/readyz`, the web's `/metrics`, and the admin console.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from bot import workers as heartbeats
+from bot.console import workers as heartbeats
 from tasks.celery_app import GPU_QUEUE, IO_QUEUE
 
 QUEUES = (GPU_QUEUE, IO_QUEUE)

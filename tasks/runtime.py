@@ -6,10 +6,10 @@ import functools
 
 import redis
 
+from bot.channels.wechat.api import WeChatAPI
+from bot.core.settings import Settings
+from bot.core.store import connect, resolve_url
 from bot.engine import Engine, get_engine
-from bot.settings import Settings
-from bot.store import connect, resolve_url
-from bot.wechat_api import WeChatAPI
 
 
 @functools.cache

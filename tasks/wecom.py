@@ -7,9 +7,11 @@ import time
 
 from celery import Celery, Task
 
-from bot import metrics, service, wecom
-from bot.settings import Settings
-from bot.wecom_api import WeComAPIError, post_markdown
+from bot.channels.wecom import streams as wecom
+from bot.channels.wecom.api import WeComAPIError, post_markdown
+from bot.core import metrics
+from bot.core.settings import Settings
+from bot.pipeline import service
 from tasks import runtime
 from tasks.celery_app import IO_QUEUE
 from tasks.celery_app import WECOM_CHECK as CHECK

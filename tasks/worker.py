@@ -19,9 +19,9 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from bot import logs, metrics
-from bot.logs import setup_logging
-from bot.settings import Settings
+from bot.core import logs, metrics
+from bot.core.logs import setup_logging
+from bot.core.settings import Settings
 from tasks import runtime
 from tasks.celery_app import GPU_QUEUE, make_celery
 from tasks.heartbeat import Heartbeat

@@ -19,8 +19,8 @@ import redis
 import requests
 from werkzeug.serving import make_server
 
-from bot.settings import Settings
-from bot.store import connect, start_embedded
+from bot.core.settings import Settings
+from bot.core.store import connect, start_embedded
 from tests.helpers import (
     ADMIN_TOKEN,
     AES_KEY,
@@ -172,8 +172,8 @@ def worker_ready(log: Path) -> bool:
 @pytest.fixture(scope="session")
 def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real web process and a real Celery worker process on Redis database 0."""
-    from bot.engine.tiny import ensure_tiny_model
-    from bot.supervisor import web_argv, worker_argv
+    from bot.cli.supervisor import web_argv, worker_argv
+    from bot.engine.transformers.tiny import ensure_tiny_model
 
     ensure_tiny_model(base_settings.data_path)  # built once, before two processes race for it
     logs = tmp_path_factory.mktemp("stack-logs")

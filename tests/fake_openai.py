@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, DynamicCache, Qwen2ForCausalLM
 
-from bot.engine.sampling import RowParams, Sampler
-from bot.engine.tiny import quiet_progress
+from bot.engine.transformers.sampling import RowParams, Sampler
+from bot.engine.transformers.tiny import quiet_progress
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 

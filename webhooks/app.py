@@ -9,10 +9,10 @@ import redis
 from flask import Flask, current_app
 from werkzeug.exceptions import HTTPException
 
-from bot.channels.wechat import ProtocolError, WeChatCodec
-from bot.logs import setup_logging
-from bot.settings import Settings
-from bot.store import Unavailable, connect, resolve_url
+from bot.channels.wechat.protocol import ProtocolError, WeChatCodec
+from bot.core.logs import setup_logging
+from bot.core.settings import Settings
+from bot.core.store import Unavailable, connect, resolve_url
 from tasks import Producer
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 
 _settings = Settings.from_env()
 multiproc_dir = os.environ.setdefault(

@@ -20,9 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from bot import jobs, logs, metrics
-from bot.service import Decision
-from bot.store import key
+from bot.core import jobs, logs, metrics
+from bot.core.store import key
+from bot.pipeline.service import Decision
 from tasks import inspect
 from webhooks.app import services
 

@@ -18,8 +18,8 @@ import time
 
 from flask import Blueprint, jsonify, request
 
-from bot import simulator
-from bot.store import key
+from bot.channels.wechat import simulator
+from bot.core.store import key
 from webhooks.app import services
 
 bp = Blueprint("sandbox", __name__, url_prefix="/sandbox/wechat")
@@ -256,7 +256,7 @@ def user_message():  # noqa: ANN201
     (signed, encrypted in safe mode), retry as WeChat does, and return what the user sees.
 
     Body: {"user", "content", "account": optional, "webhook": URL (default: this server's
-    /wechat)}. The platform side of the wire is the console simulator's (bot/simulator.py).
+    /wechat)}. The platform side of the wire is the console simulator's (bot/channels/wechat/simulator.py).
     """
     body = _json_body() or {}
     user, content = body.get("user"), body.get("content", "")

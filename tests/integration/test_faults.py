@@ -14,8 +14,8 @@ import time
 import pytest
 import requests
 
-from bot import service
-from bot.channels.wechat import message_xml, read_reply
+from bot.channels.wechat.protocol import message_xml, read_reply
+from bot.pipeline import service
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, free_port, unique
 from tests.integration.conftest import FAULT_MAX_QUEUE, FaultStack
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from bot.channels.wechat import message_xml, sign_request
+from bot.channels.wechat.protocol import message_xml, sign_request
 from tests.conftest import Stack
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, APP_SECRET, TOKEN, unique
 

@@ -7,8 +7,8 @@ import time
 import pytest
 import requests
 
-from bot import commands
-from bot.channels.wechat import message_xml, read_reply, sign_request
+from bot.channels.wechat.protocol import message_xml, read_reply, sign_request
+from bot.pipeline import commands
 from tests.conftest import Stack
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, unique
 

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from bot import commands, jobs
-from bot.channels.wechat import message_xml, read_reply, sign_request
-from bot.mailbox import Mailbox, Piece
+from bot.channels.wechat.mailbox import Mailbox, Piece
+from bot.channels.wechat.protocol import message_xml, read_reply, sign_request
+from bot.core import jobs
+from bot.pipeline import commands
 from tasks import Producer
 from tests.conftest import Stack
 from tests.helpers import ACCOUNT, APP_ID, TOKEN, unique

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot import wecom
-from bot.settings import Settings
+from bot.channels.wecom import streams as wecom
+from bot.core.settings import Settings
 from tests.conftest import Stack
 from tests.helpers import unique
 from tests.integration.wecom_stacks import StackSpec, running_stacks

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import requests
 
-from bot.settings import Settings
-from bot.store import connect
+from bot.core.settings import Settings
+from bot.core.store import connect
 from tests.conftest import Stack, _wait_for, start_process, worker_ready
 from tests.helpers import free_port, with_db
 
@@ -38,8 +38,8 @@ class StackSpec:
 @contextlib.contextmanager
 def running_stacks(base: Settings, specs: list[StackSpec]) -> Iterator[list[Stack]]:
     """Web + worker processes for every spec, started at once; yields them ready."""
-    from bot.engine.tiny import ensure_tiny_model
-    from bot.supervisor import web_argv, worker_argv
+    from bot.cli.supervisor import web_argv, worker_argv
+    from bot.engine.transformers.tiny import ensure_tiny_model
 
     ensure_tiny_model(base.data_path)
     procs: list[subprocess.Popen] = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from bot.service import QueueFull
-from bot.settings import Settings
+from bot.core.settings import Settings
+from bot.pipeline.service import QueueFull
 from tasks.celery_app import GPU_QUEUE, Producer, restore_sweep
 
 

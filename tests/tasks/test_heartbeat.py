@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from bot import workers
+from bot.console import workers
 from tasks.heartbeat import Heartbeat
 from tests.helpers import unique
 

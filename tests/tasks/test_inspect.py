@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from bot import workers
+from bot.console import workers
 from tasks import inspect
 from tests.helpers import unique
 

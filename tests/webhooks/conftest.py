@@ -6,7 +6,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 from webhooks import create_app
 
 

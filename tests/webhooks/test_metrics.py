@@ -7,9 +7,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import jobs, workers
-from bot.channels.wechat import message_xml, sign_request
-from bot.settings import Settings
+from bot.channels.wechat.protocol import message_xml, sign_request
+from bot.console import workers
+from bot.core import jobs
+from bot.core.settings import Settings
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, unique
 from webhooks import create_app
 

@@ -8,8 +8,8 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from bot import wecom
-from bot.settings import Settings
+from bot.channels.wecom import streams as wecom
+from bot.core.settings import Settings
 from tests.helpers import unique
 from webhooks import create_app
 

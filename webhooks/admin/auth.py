@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, jsonify, request, session
 from flask.sessions import SecureCookieSessionInterface
 
-from bot.admin import token_matches
+from bot.console.admin import token_matches
 from webhooks.app import services
 
 CSRF_HEADER = "X-CSRF-Token"

@@ -9,7 +9,9 @@ from typing import Any
 
 from flask import Blueprint, Response, redirect, render_template, request, session, url_for
 
-from bot import admin, simulator, simulator_wecom
+from bot.channels.wechat import simulator
+from bot.channels.wecom import simulator as simulator_wecom
+from bot.console import admin
 from webhooks.admin.auth import (
     CSRF_FIELD,
     OFF_TEXT,

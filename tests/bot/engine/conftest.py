@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine.tiny import ensure_tiny_model
-from bot.engine.transformers_engine import TransformersEngine
-from bot.settings import Settings
+from bot.core.settings import Settings
+from bot.engine.transformers.engine import TransformersEngine
+from bot.engine.transformers.tiny import ensure_tiny_model
 from tests.fake_openai import FakeOpenAI
 
 

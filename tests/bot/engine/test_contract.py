@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
+from bot.core.settings import Settings
 from bot.engine import Engine, build_engine
 from bot.engine.base import Generation, GenerationRequest
-from bot.engine.openai_engine import FALLBACK_ANSWER, OpenAIEngine
-from bot.engine.transformers_engine import TransformersEngine
-from bot.settings import Settings
-from tests.bot.engine.requests import QUESTION, request
+from bot.engine.openai_backend import FALLBACK_ANSWER, OpenAIEngine
+from bot.engine.transformers.engine import TransformersEngine
+from tests.bot.engine.builders import QUESTION, request
 from tests.fake_openai import FakeOpenAI
 
 FINISH_REASONS = {"stop", "length", "budget", "empty"}

@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 from tests.helpers import ADMIN_TOKEN
 from webhooks import create_app
 

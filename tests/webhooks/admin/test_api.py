@@ -9,12 +9,14 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from bot import commands, jobs, moderation, wecom
-from bot.conversations import Conversations
-from bot.progress import ProgressWriter
-from bot.settings import Settings
-from bot.store import connect
-from bot.wecom_api import post_markdown
+from bot.channels.wecom import streams as wecom
+from bot.channels.wecom.api import post_markdown
+from bot.core import jobs
+from bot.core.progress import ProgressWriter
+from bot.core.settings import Settings
+from bot.core.store import connect
+from bot.pipeline import commands, moderation
+from bot.pipeline.conversations import Conversations
 from tests.conftest import Stack
 from tests.helpers import ADMIN_TOKEN, unique
 

@@ -7,7 +7,7 @@ import logging
 import pytest
 from flask.testing import FlaskClient
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 from tests.helpers import ADMIN_TOKEN
 from tests.webhooks.admin.conftest import Browser, form_csrf
 from webhooks import create_app
@@ -136,7 +136,7 @@ def test_login_never_redirects_outside_the_console(admin_client: FlaskClient, ta
 def test_repeated_failed_logins_are_slowed(
     admin_client: FlaskClient, admin_settings: Settings
 ) -> None:
-    from bot.store import connect
+    from bot.core.store import connect
 
     connect(admin_settings.redis_url).delete("mimochat:admin:login-failures:127.0.0.1")
     csrf = form_csrf(admin_client)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bot.settings import Settings
+from bot.core.settings import Settings
 from tests.conftest import Stack
 from tests.helpers import ADMIN_TOKEN, unique
 

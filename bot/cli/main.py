@@ -1,0 +1,376 @@
+"""The `mimochat` command: up, demo, web, worker, send, doctor, download."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bot.core.settings import Settings, read_dotenv
+
+DEMO_PORT = 8000
+DEMO_ACCOUNT = "gh_mimochat_demo"
+# Fixed demo credentials: the demo runs in safe (AES) mode so every message is really encrypted.
+DEMO_ENV = {
+    "WECHAT_TOKEN": "mimochatdemo",
+    "WECHAT_APP_ID": "wx0123456789abcdef",
+    "WECHAT_APP_SECRET": "demo-secret-0123456789abcdef0123",
+    "WECHAT_AES_KEY": "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+    "WECHAT_REPLY_MODE": "auto",
+    "MIMOCHAT_MODEL": "tiny",
+    "MIMOCHAT_SANDBOX": "1",
+    "MIMOCHAT_THINKING_BUDGET": "48",
+    "MIMOCHAT_MAX_NEW_TOKENS": "48",
+    "MIMOCHAT_GPU_CONCURRENCY": "4",
+    "WECOM_BOT_TOKEN": "mimochatdemo",
+    "WECOM_BOT_AES_KEY": "0123456789abcdefghijklmnopqrstuvwxyzABCDEFG",
+}
+
+log = logging.getLogger("mimochat")
+
+
+def demo_environ(port: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The demo's settings: built-in defaults, then `.env`, then the environment (which wins)."""
+    env = dict(DEMO_ENV, WECHAT_API_BASE=f"http://127.0.0.1:{port}/sandbox/wechat/")
+    env.update(read_dotenv(Path.cwd() / ".env"))
+    env.update(os.environ if environ is None else environ)
+    return env
+
+
+def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
+    from bot.cli.supervisor import Supervisor, web_argv, worker_argv
+    from bot.core.logs import setup_logging
+    from bot.core.store import start_embedded
+
+    settings = Settings.from_env(env, dotenv=False)
+    setup_logging(settings)
+    if not settings.redis_url:
+        env["REDIS_URL"] = start_embedded(settings.data_path)
+        log.info("embedded Redis at %s", env["REDIS_URL"])
+        settings = settings.replace(redis_url=env["REDIS_URL"])
+    print(f"\n{title} — webhook: http://{host}:{port}/wechat")
+    for name, value in sorted(settings.redacted().items()):
+        print(f"  {name}={value}")
+    if settings.sandbox:
+        print(f"  sandbox outbox: http://{host}:{port}/sandbox/wechat/outbox?touser=USER")
+        print('  try: mimochat send "What is 2+2?"')
+        print(f"  WeCom group sandbox: POST http://{host}:{port}/sandbox/wecom/send")
+        print(f"    then GET http://{host}:{port}/sandbox/wecom/chat?chatid=sandbox_group\n")
+    # Workers get their own grace (running generations) plus time to hand jobs back.
+    sup = Supervisor(env=env, grace=settings.shutdown_grace + 10)
+    sup.add("worker", worker_argv("gpu,io", settings.gpu_concurrency, "mimochat"), restart=True)
+    sup.add("web", web_argv(host, port), restart=False)
+    return sup.run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Everything on this machine with the tiny model and the sandbox WeChat API."""
+    env = demo_environ(args.port)
+    return _run_all(env, args.host, args.port, "mimochat demo")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Everything on this machine with the real settings."""
+    return _run_all(dict(os.environ), args.host, args.port, "mimochat up")
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Only the web server."""
+    from webhooks.__main__ import main as web_main
+
+    web_main(["--host", args.host, "--port", str(args.port)])
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Only a Celery worker (queues gpu,io by default)."""
+    from bot.cli.supervisor import worker_argv
+
+    settings = Settings.from_env()
+    argv = worker_argv(args.queues, args.concurrency or settings.gpu_concurrency, args.name)
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Post a message to the webhook as WeChat would and print what the user receives."""
+    import requests
+
+    from bot.channels.wechat.protocol import message_xml, read_reply, sign_request
+
+    env = dict(os.environ)
+    settings = Settings.from_env(env)
+    if args.admin:
+        return _send_via_admin(args, settings)
+    args.url = args.url or f"http://127.0.0.1:{DEMO_PORT}/wechat"
+    if not settings.wechat_token:
+        settings = Settings.from_env(demo_environ(DEMO_PORT, env), dotenv=False)
+    xml = message_xml(args.user, args.account, content=args.text)
+    parts = urlsplit(args.url)
+    outbox = f"{parts.scheme}://{parts.netloc}/sandbox/wechat/outbox"
+    before = _outbox(requests, outbox, args.user)
+    if before is not None:
+        # The sandbox only lets us write to users who wrote first (WeChat's 48-hour window).
+        requests.post(
+            outbox.replace("/outbox", "/window"), json={"user": args.user}, timeout=5
+        ).raise_for_status()
+    started = time.perf_counter()
+    last = None
+    for attempt in range(1 + args.retries):
+        signed = sign_request(
+            settings.wechat_token,
+            xml,
+            aes_key=settings.wechat_aes_key,
+            app_id=settings.wechat_app_id,
+            openid=args.user,
+        )
+        t0 = time.perf_counter()
+        try:
+            last = requests.post(
+                args.url, params=signed.params, data=signed.body.encode(), timeout=15
+            )
+        except requests.RequestException as exc:
+            print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+            return 2
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        print(f"try {attempt + 1}: HTTP {last.status_code} in {elapsed_ms:.1f} ms")
+    if last.status_code != 200:
+        print(f"webhook refused the message: {last.text.strip()}", file=sys.stderr)
+        return 1
+    reply = read_reply(
+        last.text,
+        token=settings.wechat_token,
+        aes_key=settings.wechat_aes_key,
+        app_id=settings.wechat_app_id,
+    )
+    if reply:
+        print(f"passive reply: {reply.get('Content', '')}")
+        return 0
+    if before is None:
+        print(
+            "acknowledged; the answer goes out through the customer-service API (no sandbox here)"
+        )
+        return 0
+    answer, first_at = _wait_for_answer(requests, outbox, args.user, len(before), args.timeout)
+    if not answer:
+        print(f"no answer in the sandbox outbox after {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    print(f"answer after {first_at - started:.2f}s ({len(answer)} message(s)):")
+    for msg in answer:
+        print(f"  {msg['content']}")
+    return 0
+
+
+def _admin_call(args: argparse.Namespace, settings: Settings, method: str, path: str, **kw):  # noqa: ANN001, ANN202
+    """One call to the console's API with `Authorization: Bearer $ADMIN_TOKEN`."""
+    import requests
+
+    token = settings.admin_token
+    if not token:
+        raise SystemExit("set ADMIN_TOKEN to use the admin API (--admin)")
+    url = args.admin.rstrip("/") + "/admin/api/" + path
+    try:
+        res = requests.request(
+            method, url, headers={"Authorization": f"Bearer {token}"}, timeout=60, **kw
+        )
+    except requests.RequestException as exc:
+        raise SystemExit(
+            f"cannot reach the admin API at {args.admin}: {type(exc).__name__}"
+        ) from None
+    if res.status_code == 401:
+        raise SystemExit("the admin API refused ADMIN_TOKEN (401)")
+    if res.status_code == 404 and "console is off" in res.text:
+        raise SystemExit("the admin console is off on that server (its ADMIN_TOKEN is empty)")
+    try:
+        data = res.json()
+    except ValueError:
+        raise SystemExit(f"the admin API answered HTTP {res.status_code}, not JSON") from None
+    if res.status_code >= 400:
+        raise SystemExit(f"the admin API answered HTTP {res.status_code}: {data.get('error')}")
+    return data
+
+
+def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
+    """`send --admin URL`: the server's simulator sends the message and reports every stage."""
+    body = {"user": args.user, "text": args.text}
+    if args.url:
+        body["url"] = args.url
+    if args.channel:
+        body["channel"] = args.channel
+    if args.group:
+        body["chat_id"] = args.group
+    sim = _admin_call(args, settings, "POST", "simulate", json=body)
+    for a in sim["attempts"]:
+        status = f"HTTP {a['status']}" if a["status"] is not None else a["outcome"]
+        print(f"try {a['number']}: {status} in {a['seconds'] * 1000:.1f} ms")
+    print(sim["verdict"])
+    if sim.get("passive_reply"):
+        print(f"passive reply: {sim['passive_reply']}")
+    if not sim["ok"]:
+        return 1
+    if sim.get("sim_id"):  # WeCom: the console refreshes the stream; follow what the chat shows
+        return _follow_wecom(args, settings, sim["sim_id"])
+    if not sim.get("job_id"):
+        return 0
+    deadline = time.monotonic() + args.timeout
+    view: dict = {}
+    while time.monotonic() < deadline:
+        view = _admin_call(args, settings, "GET", f"simulate/{sim['job_id']}")
+        waiting = view["messages"] == [] and view["delivered_via"] == "customer_service"
+        settled = view["done"] and not waiting
+        if settled:
+            break
+        time.sleep(0.3)
+    _print_timeline(view)
+    if not view.get("done"):
+        print(f"no answer after {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    if view.get("delivered_via") == "customer_service":
+        messages = view.get("messages") or [{"content": view.get("answer") or ""}]
+    else:  # passive mode: the answer rode on a webhook reply or waits for the next message
+        messages = [{"content": view.get("answer") or ""}]
+    print(f"answer ({len(messages)} message(s)):")
+    for msg in messages:
+        print(f"  {msg['content']}")
+    return 0 if view.get("delivered_via") else 1
+
+
+def _print_timeline(view: dict) -> None:
+    for row in view.get("timeline", []):
+        after = "" if row["after"] is None else f"+{row['after']:.2f}s "
+        print(f"  {row['stage']:<12} {after}{row['detail']}")
+
+
+def _follow_wecom(args: argparse.Namespace, settings: Settings, sim_id: str) -> int:
+    """Wait for a simulated WeCom message to settle; print its timeline and what the chat shows."""
+    deadline = time.monotonic() + args.timeout
+    view: dict = {}
+    while time.monotonic() < deadline:
+        view = _admin_call(args, settings, "GET", f"simulate/{sim_id}")
+        if view["done"]:
+            break
+        time.sleep(0.3)
+    _print_timeline(view)
+    chat = view.get("chat") or {}
+    shown = chat.get("response_url") or chat.get("stream") or {}
+    if not view.get("done"):
+        print(f"the stream did not finish in {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    print(f"answer ({view.get('delivered_via') or 'not delivered'}):")
+    print(f"  {shown.get('answer') or chat.get('text') or ''}")
+    return 0 if view.get("delivered_via") or chat.get("text") else 1
+
+
+def _outbox(requests_mod, url: str, user: str) -> list | None:  # noqa: ANN001
+    try:
+        res = requests_mod.get(url, params={"touser": user}, timeout=5)
+    except requests_mod.RequestException:
+        return None
+    return res.json() if res.status_code == 200 else None
+
+
+def _wait_for_answer(
+    requests_mod,
+    url: str,
+    user: str,
+    seen: int,
+    timeout: float,  # noqa: ANN001
+) -> tuple[list, float]:
+    """New outbox messages once they stop coming, and when the first one arrived."""
+    deadline = time.monotonic() + timeout
+    new: list = []
+    first_at = quiet_since = 0.0
+    while time.monotonic() < deadline:
+        messages = (_outbox(requests_mod, url, user) or [])[seen:]
+        if len(messages) > len(new):
+            new, quiet_since = messages, time.perf_counter()
+            first_at = first_at or quiet_since
+        elif new and time.perf_counter() - quiet_since > 1.0:
+            break
+        time.sleep(0.05)
+    return new, first_at
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the configuration and every dependency; non-zero exit names what is wrong."""
+    from bot.console.doctor import Check, run_checks
+
+    settings = Settings.from_env()
+    if args.admin:
+        params = {"url": args.webhook} if args.webhook else {}
+        data = _admin_call(args, settings, "GET", "doctor", params=params)
+        results = [Check(**c) for c in data["checks"]]
+    else:
+        results = run_checks(settings, webhook_url=args.webhook)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2))
+    else:
+        for r in results:
+            print(f"[{r.label}] {r.name}: {r.detail}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch model weights into the Hugging Face cache with a progress bar."""
+    from bot.engine.transformers.download import download
+
+    try:
+        path = download(args.model)
+    except (ValueError, RuntimeError) as exc:
+        print(f"mimochat download: {exc}", file=sys.stderr)
+        return 1
+    print(f"model ready at {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `mimochat`."""
+    parser = argparse.ArgumentParser(prog="mimochat", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn in (("demo", cmd_demo), ("up", cmd_up), ("web", cmd_web)):
+        p = sub.add_parser(name, help=fn.__doc__)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=DEMO_PORT)
+        p.set_defaults(func=fn)
+    p = sub.add_parser("worker", help=cmd_worker.__doc__)
+    p.add_argument("--queues", default="gpu,io")
+    p.add_argument("--concurrency", type=int, default=0)
+    p.add_argument("--name", default="mimochat")
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("send", help=cmd_send.__doc__)
+    p.add_argument("text")
+    p.add_argument("--user", default="o_demo_user")
+    p.add_argument("--account", default=DEMO_ACCOUNT)
+    p.add_argument(
+        "--url", default=None, help=f"webhook (default http://127.0.0.1:{DEMO_PORT}/wechat)"
+    )
+    p.add_argument("--admin", metavar="URL", help="send through this server's admin API")
+    p.add_argument(
+        "--channel", help="with --admin: wechat_plain | wechat_aes | wecom_single | wecom_group"
+    )
+    p.add_argument("--group", help="with --channel wecom_group: the group's chat id")
+    p.add_argument(
+        "--retries", type=int, default=0, help="post the same message again, as WeChat does"
+    )
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_send)
+    p = sub.add_parser("doctor", help=cmd_doctor.__doc__)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--admin", metavar="URL", help="run the checks on this server (admin API)")
+    p.add_argument("--webhook", metavar="URL", help="also try the URL-verification handshake")
+    p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("download", help=cmd_download.__doc__)
+    p.add_argument("model", nargs="?", default="XiaomiMiMo/MiMo-7B-RL")
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,1 @@
+"""What every part shares: settings, typed contracts, the Redis store, logs, metrics, job timelines."""

@@ -1,0 +1,1 @@
+"""The in-process engine on Hugging Face transformers: loading, batching, sampling, tiny model."""

@@ -1,0 +1,1 @@
+"""The shared use cases every channel runs: ingest (dedupe, commands, enqueue), answer, history."""
