@@ -1,5 +1,1 @@
-"""Celery tasks: thin wrappers that rebuild a job and call one function of `bot/`."""
-
-from tasks.celery_app import Producer, make_celery
-
-__all__ = ["Producer", "make_celery"]
+"""Celery tasks: thin wrappers that rebuild a typed job and call one function of `bot/`."""

@@ -32,7 +32,7 @@ from tests.helpers import (
     free_port,
     with_db,
 )
-from webhooks import create_app
+from webhooks.app import create_app
 
 
 @pytest.fixture(scope="session")

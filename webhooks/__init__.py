@@ -1,5 +1,1 @@
-"""The web side: Flask app factory, one blueprint per channel, sandbox API, health."""
-
-from webhooks.app import create_app
-
-__all__ = ["create_app"]
+"""The web side: Flask app factory (`webhooks.app.create_app`), one blueprint per entry point."""

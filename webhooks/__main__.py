@@ -17,7 +17,7 @@ from typing import Any
 
 from werkzeug.serving import make_server
 
-from webhooks import create_app
+from webhooks.app import create_app
 
 log = logging.getLogger("mimochat.web")
 

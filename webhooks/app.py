@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import redis
-from flask import Flask, current_app
+from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from bot.channels.wechat.protocol import ProtocolError, WeChatCodec
 from bot.core.logs import setup_logging
 from bot.core.settings import Settings
 from bot.core.store import Unavailable, connect, resolve_url
-from tasks import Producer
+from tasks.celery_app import Producer
+from webhooks import admin, health, metrics, sandbox, sandbox_wecom, wechat, wecom
+from webhooks.services import Services
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    """What the views share, built once per app."""
-
-    settings: Settings
-    redis: redis.Redis
-    producer: Producer
-    wechat: WeChatCodec
-
-
-def services() -> Services:
-    """The current app's services."""
-    return current_app.extensions["mimochat"]
 
 
 def _plain(text: str, status: int) -> tuple[str, int, dict[str, str]]:
@@ -55,18 +41,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
     )
 
-    from webhooks import health, metrics, wechat, wecom
-
     app.register_blueprint(wechat.bp)
     app.register_blueprint(wecom.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
-    from webhooks import admin
-
     admin.init_app(app, settings)
     if settings.sandbox:
-        from webhooks import sandbox, sandbox_wecom
-
         app.register_blueprint(sandbox.bp)
         app.register_blueprint(sandbox_wecom.bp)
 

@@ -11,7 +11,7 @@ import redis
 from flask import Blueprint, jsonify
 
 from tasks import inspect
-from webhooks.app import services
+from webhooks.services import services
 
 bp = Blueprint("health", __name__)
 

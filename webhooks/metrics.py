@@ -24,7 +24,7 @@ from bot.core import jobs, logs, metrics
 from bot.core.store import key
 from bot.pipeline.service import Decision
 from tasks import inspect
-from webhooks.app import services
+from webhooks.services import services
 
 bp = Blueprint("metrics", __name__)
 

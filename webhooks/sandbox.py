@@ -20,7 +20,7 @@ from flask import Blueprint, jsonify, request
 
 from bot.channels.wechat import simulator
 from bot.core.store import key
-from webhooks.app import services
+from webhooks.services import services
 
 bp = Blueprint("sandbox", __name__, url_prefix="/sandbox/wechat")
 

@@ -37,7 +37,7 @@ from bot.channels.wecom.protocol import (
 from bot.core.settings import Settings
 from bot.core.store import key
 from bot.text.formatting import utf8_len
-from webhooks.app import services
+from webhooks.services import services
 
 log = logging.getLogger(__name__)
 

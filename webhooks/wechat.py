@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request
 from bot.channels.wechat.protocol import parse_message, render_text_reply
 from bot.pipeline import service
 from webhooks import metrics
-from webhooks.app import services
+from webhooks.services import services
 
 bp = Blueprint("wechat", __name__)
 

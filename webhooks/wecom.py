@@ -7,7 +7,7 @@ from flask import Blueprint, Response, jsonify, request
 from bot.channels.wecom import streams as wecom
 from bot.channels.wecom.protocol import WeComCodec, parse_callback
 from bot.core.settings import Settings
-from webhooks.app import services
+from webhooks.services import services
 
 bp = Blueprint("wecom", __name__)
 

@@ -1,5 +1,5 @@
 """WSGI entry for gunicorn: `gunicorn webhooks.wsgi:app`."""
 
-from webhooks import create_app
+from webhooks.app import create_app
 
 app = create_app()

@@ -18,7 +18,7 @@ from bot.channels.wechat.mailbox import Mailbox, Piece
 from bot.channels.wechat.protocol import message_xml, read_reply, sign_request
 from bot.core import jobs
 from bot.pipeline import commands
-from tasks import Producer
+from tasks.celery_app import Producer
 from tests.conftest import Stack
 from tests.helpers import ACCOUNT, APP_ID, TOKEN, unique
 

@@ -7,7 +7,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from bot.core.settings import Settings
-from webhooks import create_app
+from webhooks.app import create_app
 
 
 @pytest.fixture

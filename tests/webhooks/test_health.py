@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from bot.console import workers
 from bot.core.settings import Settings
 from tests.helpers import free_port, unique
-from webhooks import create_app
+from webhooks.app import create_app
 
 
 @pytest.mark.parametrize(

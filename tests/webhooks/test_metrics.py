@@ -12,7 +12,7 @@ from bot.console import workers
 from bot.core import jobs
 from bot.core.settings import Settings
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, unique
-from webhooks import create_app
+from webhooks.app import create_app
 
 
 def scrape(client: FlaskClient) -> dict[tuple[str, tuple], float]:

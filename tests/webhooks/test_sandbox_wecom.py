@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from bot.channels.wecom import streams as wecom
 from bot.core.settings import Settings
 from tests.helpers import unique
-from webhooks import create_app
+from webhooks.app import create_app
 
 
 def send(base: str, **body: object) -> dict:

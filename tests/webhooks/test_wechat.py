@@ -13,7 +13,7 @@ from bot.channels.wechat.protocol import message_xml, read_reply, sign_request, 
 from bot.core.settings import Settings
 from bot.pipeline import commands
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, free_port, queued_jobs, unique
-from webhooks import create_app
+from webhooks.app import create_app
 
 
 def post(client: FlaskClient, xml: str, aes: str = AES_KEY, **overrides: str):  # noqa: ANN201

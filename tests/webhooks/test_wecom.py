@@ -15,7 +15,7 @@ from bot.channels.wecom import streams as wecom
 from bot.channels.wecom.protocol import message_payload, read_reply, sign_callback, url_check
 from bot.core.settings import Settings
 from tests.helpers import WECOM_AES_KEY, WECOM_TOKEN, free_port, queued_jobs, unique
-from webhooks import create_app
+from webhooks.app import create_app
 
 
 def post(client: FlaskClient, payload: dict | str, **overrides: str):  # noqa: ANN201

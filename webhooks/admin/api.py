@@ -14,7 +14,7 @@ from bot.channels.wecom import simulator as simulator_wecom
 from bot.console import admin, doctor, stats
 from bot.core.store import Unavailable
 from webhooks.admin.auth import OFF_TEXT, api_auth, console_on
-from webhooks.app import services
+from webhooks.services import services
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/api")
 log = logging.getLogger(__name__)

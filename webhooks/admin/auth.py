@@ -12,7 +12,7 @@ from flask import Flask, jsonify, request, session
 from flask.sessions import SecureCookieSessionInterface
 
 from bot.console.admin import token_matches
-from webhooks.app import services
+from webhooks.services import services
 
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"

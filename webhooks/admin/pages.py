@@ -21,7 +21,7 @@ from webhooks.admin.auth import (
     logged_in,
     start_session,
 )
-from webhooks.app import services
+from webhooks.services import services
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 log = logging.getLogger(__name__)

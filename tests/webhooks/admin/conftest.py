@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from bot.core.settings import Settings
 from tests.helpers import ADMIN_TOKEN
-from webhooks import create_app
+from webhooks.app import create_app
 
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 

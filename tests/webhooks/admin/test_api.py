@@ -158,7 +158,7 @@ def test_reset_and_block_need_a_user(admin_client: FlaskClient) -> None:
 
 
 def test_redis_down_is_503_json(admin_settings: Settings) -> None:
-    from webhooks import create_app
+    from webhooks.app import create_app
 
     app = create_app(admin_settings.replace(redis_url="redis://127.0.0.1:1/0"))
     res = app.test_client().get("/admin/api/stats", headers=BEARER)

@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from bot.core.settings import Settings
 from tests.helpers import ADMIN_TOKEN
 from tests.webhooks.admin.conftest import Browser, form_csrf
-from webhooks import create_app
+from webhooks.app import create_app
 
 PAGES = ["/admin/", "/admin/login", "/admin/simulator", "/admin/conversations", "/admin/setup"]
 API_GETS = [
