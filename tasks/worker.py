@@ -21,13 +21,14 @@ from celery.signals import (
 
 from bot.core import logs, metrics
 from bot.core.logs import setup_logging
-from bot.core.settings import Settings
+from bot.core.settings import load_or_exit
 from tasks import runtime
 from tasks.celery_app import GPU_QUEUE, make_celery
 from tasks.heartbeat import Heartbeat
 from tasks.shutdown import ShutdownBound
 
-settings = Settings.from_env()
+# Bad settings stop the worker here, named, before Celery connects or loads a model.
+settings = load_or_exit(program="celery worker (tasks.worker)")
 setup_logging(settings)
 app = make_celery(settings)
 log = logging.getLogger("mimochat.worker")

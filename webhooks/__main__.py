@@ -17,6 +17,7 @@ from typing import Any
 
 from werkzeug.serving import make_server
 
+from bot.core.settings import load_or_exit
 from webhooks.app import create_app
 
 log = logging.getLogger("mimochat.web")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    app = create_app()
+    app = create_app(load_or_exit(program=parser.prog))
     grace = app.extensions["mimochat"].settings.shutdown_grace
     in_flight = InFlight(app)
     server = make_server(args.host, args.port, in_flight, threaded=True)

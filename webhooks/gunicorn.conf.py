@@ -14,9 +14,10 @@ import os
 import shutil
 import tempfile
 
-from bot.core.settings import Settings
+from bot.core.settings import load_or_exit
 
-_settings = Settings.from_env()
+# Bad settings stop the master here, named, before any worker is forked.
+_settings = load_or_exit(program="gunicorn (webhooks)")
 multiproc_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "mimochat-prometheus")
 )

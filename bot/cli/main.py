@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bot.core.settings import Settings, read_dotenv
+from bot.core.settings import Settings, SettingsError, load_or_exit, read_dotenv
 
 DEMO_PORT = 8000
 DEMO_ACCOUNT = "gh_mimochat_demo"
@@ -47,7 +47,8 @@ def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
     from bot.core.logs import setup_logging
     from bot.core.store import start_embedded
 
-    settings = Settings.from_env(env, dotenv=False)
+    # Checked before anything starts; `.env` too, as the children read it under `env`.
+    settings = load_or_exit(env, program=title)
     setup_logging(settings)
     if not settings.redis_url:
         env["REDIS_URL"] = start_embedded(settings.data_path)
@@ -81,6 +82,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     """Only the web server."""
+    load_or_exit(program="mimochat web")  # before Flask is even imported
     from webhooks.__main__ import main as web_main
 
     web_main(["--host", args.host, "--port", str(args.port)])
@@ -91,7 +93,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Only a Celery worker (queues gpu,io by default)."""
     from bot.cli.supervisor import worker_argv
 
-    settings = Settings.from_env()
+    settings = load_or_exit(program="mimochat worker")
     argv = worker_argv(args.queues, args.concurrency or settings.gpu_concurrency, args.name)
     os.execv(argv[0], argv)
     return 0  # pragma: no cover
@@ -104,12 +106,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     from bot.channels.wechat.protocol import message_xml, read_reply, sign_request
 
     env = dict(os.environ)
-    settings = Settings.from_env(env)
+    settings = load_or_exit(env, program="mimochat send")
     if args.admin:
         return _send_via_admin(args, settings)
     args.url = args.url or f"http://127.0.0.1:{DEMO_PORT}/wechat"
     if not settings.wechat_token:
-        settings = Settings.from_env(demo_environ(DEMO_PORT, env), dotenv=False)
+        settings = load_or_exit(demo_environ(DEMO_PORT, env), dotenv=False, program="mimochat send")
     xml = message_xml(args.user, args.account, content=args.text)
     parts = urlsplit(args.url)
     outbox = f"{parts.scheme}://{parts.netloc}/sandbox/wechat/outbox"
@@ -300,13 +302,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the configuration and every dependency; non-zero exit names what is wrong."""
     from bot.console.doctor import Check, run_checks
 
-    settings = Settings.from_env()
-    if args.admin:
-        params = {"url": args.webhook} if args.webhook else {}
-        data = _admin_call(args, settings, "GET", "doctor", params=params)
-        results = [Check(**c) for c in data["checks"]]
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # the settings not allowed are the findings; nothing else runs
+        results = [Check(line.split("=", 1)[0], False, line) for line in exc.lines]
     else:
-        results = run_checks(settings, webhook_url=args.webhook)
+        if args.admin:
+            params = {"url": args.webhook} if args.webhook else {}
+            data = _admin_call(args, settings, "GET", "doctor", params=params)
+            results = [Check(**c) for c in data["checks"]]
+        else:
+            results = run_checks(settings, webhook_url=args.webhook)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2))
     else:
