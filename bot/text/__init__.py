@@ -1,1 +1,1 @@
-"""Model output made chat-ready: Markdown to WeChat text and WeCom markdown, LaTeX, splitting."""
+"""Model output made chat-ready: Markdown (markdown-it-py) to WeChat text, LaTeX, XML-safe, split."""

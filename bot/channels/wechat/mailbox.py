@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from bot.core.store import key
-from bot.text.formatting import utf8_len
+from bot.text.split import utf8_len
 
 PART_LIMIT = 1900  # UTF-8 bytes of one WeChat text, leaving room for a hint under ~2000
 MORE_HINT = "（还有 {n} 条，回复“继续”查看 / {n} more: reply “more”）"

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from bot.channels.wechat.mailbox import PART_LIMIT, Mailbox, Piece, compose, is_continue
-from bot.text.formatting import utf8_len
+from bot.text.split import utf8_len
 from tests.helpers import unique
 
 

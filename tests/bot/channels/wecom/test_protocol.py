@@ -25,7 +25,7 @@ from bot.channels.wecom.protocol import (
     text_reply,
     url_check,
 )
-from bot.text.formatting import utf8_len
+from bot.text.split import utf8_len
 from tests.helpers import WECOM_AES_KEY, WECOM_TOKEN
 
 # WeCom's published callback samples (weworkapi "callback" Sample.py for WXBizMsgCrypt and
