@@ -16,7 +16,8 @@ chosen here (tests pin them):
 - Math (see :mod:`bot.text.parser`) is converted by :func:`bot.text.latex.latex_to_text`;
   ``\\boxed{x}`` becomes ``【x】``.
 - HTML: ``<br>`` is a line break, ``<hr>`` a rule, comments and common formatting tags are
-  dropped, anything else (``List<T>``) stays as written.
+  dropped, anything else (``List<T>``) stays as written; the text inside an HTML block is read as
+  Markdown (``<div>\n**bold**\n</div>`` shows ``bold``), except in ``<pre>``.
 - Blank lines between blocks follow the source (a paragraph right above a list or a code block
   stays right above it); runs of blank lines collapse to one; trailing spaces and
   leading/trailing blank lines go.
@@ -41,6 +42,7 @@ _LANG = re.compile(r"[\w+#.-]+")
 _TASK = re.compile(r"^\[([ xX])\][ \t]+")
 _BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
 _HR_TAG = re.compile(r"<hr\s*/?>", re.IGNORECASE)
+_RAW_HTML = re.compile(r"<(?:pre|script|style|textarea)\b", re.IGNORECASE)
 _TAG = re.compile(
     r"</?(?:a|abbr|b|big|blockquote|center|cite|code|del|details|div|em|font|h[1-6]|i|img|ins|"
     r"kbd|li|mark|ol|p|pre|q|s|small|span|strike|strong|sub|summary|sup|table|tbody|td|th|"
@@ -84,12 +86,12 @@ def _drop_comments(raw: str) -> str:
     return "".join(out)
 
 
-def _html_block(raw: str) -> str:
-    """An HTML block as text: tags a reader needs no markup for are dropped, entities decoded."""
+def _strip_tags(raw: str) -> str:
+    """An HTML block's text: comments and the tags a reader needs no markup for dropped."""
     s = _drop_comments(raw)
     s = _BR.sub("\n", s)
     s = _HR_TAG.sub(f"\n{HR_LINE}\n", s)
-    return html.unescape(_TAG.sub("", s))
+    return _TAG.sub("", s)
 
 
 def _link(label: str, href: str, autolink: bool) -> str:
@@ -196,8 +198,7 @@ def _block(tokens: list[Token], i: int) -> _Rendered:
     if kind == "hr":
         return [_Line(HR_LINE)], i + 1, _end(tok)
     if kind == "html_block":
-        lines = [s for s in _html_block(tok.content).split("\n") if s.strip()]
-        return [_Line(s) for s in lines], i + 1, _end(tok)
+        return _html_block(tok.content), i + 1, _end(tok)
     if kind == "blockquote_open":
         inner, i, end = _sequence(tokens, i + 1)
         return [_Line("｜" + ln.text, ln.code) for ln in inner], i + 1, end
@@ -206,6 +207,18 @@ def _block(tokens: list[Token], i: int) -> _Rendered:
     if kind == "table_open":
         return _table(tokens, i)
     return [], _skip(tokens, i), _end(tok)
+
+
+def _html_block(raw: str) -> list[_Line]:
+    """An HTML block: its tags dropped, the text left rendered as Markdown (models mix them)."""
+    text = _strip_tags(raw)
+    if not text.strip():
+        return []
+    if _RAW_HTML.match(raw):  # preformatted content (or a script) stays as written
+        return [_Line(s, code=True) for s in html.unescape(text).strip("\n").split("\n")]
+    # once: the re-parse opens no HTML block, so it cannot come back here
+    lines, _, _ = _sequence(parse(text, html_blocks=False), 0)
+    return lines
 
 
 def _fence(tok: Token) -> list[_Line]:

@@ -1,20 +1,23 @@
 """The markdown-it-py parser for model output: CommonMark, tables, strikethrough, math, bare URLs.
 
-On top of ``MarkdownIt("commonmark").enable(["table", "strikethrough"])`` three inline rules are
-changed for what chat models write:
+On top of ``MarkdownIt("commonmark").enable(["table", "strikethrough"])``, for what chat models
+write:
 
-- ``math``: ``$…$`` (pandoc's dollar rule, so ``$5 and $10`` stay currency), ``$$…$$``,
-  ``\\(…\\)``, ``\\[…\\]`` and a bare ``\\boxed{…}`` become ``math`` tokens (``content`` is the
-  LaTeX source, ``meta["display"]`` says whether it was display math).  Markdown inside math is
-  never parsed (``$a_1 * b_2$`` has no emphasis).
-- ``bare_url``: ``https://…`` in prose is read as literal text, so ``__`` or ``*`` inside a URL
-  never becomes emphasis.
-- ``emphasis``: ``*`` between two ASCII letters or digits neither opens nor closes emphasis
-  (``2*3*4`` and ``x**2 + y**2`` are arithmetic), and a delimiter run next to a CJK character is flanking even when
-  its other side is punctuation (``**注意：**这里`` is bold, as Chinese writers mean it).
+- ``math`` (inline rule): ``$…$`` (pandoc's dollar rule, so ``$5 and $10`` stay currency),
+  ``$$…$$``, ``\\(…\\)``, ``\\[…\\]`` and a bare ``\\boxed{…}`` become ``math`` tokens
+  (``content`` is the LaTeX source, ``meta["display"]`` says whether it was display math).
+  Markdown inside math is never parsed (``$a_1 * b_2$`` has no emphasis).
+- ``bare_url`` (inline rule): ``https://…`` in prose is literal text, so ``__`` or ``*`` inside
+  a URL never becomes emphasis.
+- ``emphasis`` (inline rule, replaced): ``*`` between two ASCII letters or digits neither opens
+  nor closes emphasis (``2*3*4`` and ``x**2 + y**2`` are arithmetic), and a delimiter run next
+  to a CJK character is flanking even when its other side is punctuation (``**注意：**这里`` is
+  bold, as Chinese writers mean it).
+- ``reference`` (block rule, wrapped): a footnote definition (``[^1]: note``) is not a link
+  reference definition; it and the ``[^1]`` marks stay as written.
 
-Links keep their destination as written: no percent-encoding, no scheme filtering (the output
-is plain text, never HTML).
+Links keep their destination as written: no percent-encoding, no scheme filtering (the output is
+plain text, never HTML).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import isMdAsciiPunct, isPunctChar, isWhiteSpace
+from markdown_it.rules_block import reference
+from markdown_it.rules_block.state_block import StateBlock
 from markdown_it.rules_inline.state_inline import Delimiter, Scanned, StateInline
 from markdown_it.token import Token
 
@@ -207,6 +212,14 @@ def _emphasis(state: StateInline, silent: bool) -> bool:
     return True
 
 
+def _reference(state: StateBlock, start: int, end: int, silent: bool) -> bool:
+    """Block rule: a link reference definition, but never a footnote (``[^1]: note``)."""
+    pos = state.bMarks[start] + state.tShift[start]
+    if state.src.startswith("[^", pos):
+        return False  # no footnote support: the line stays text, ``[^1]`` stays as written
+    return reference(state, start, end, silent)
+
+
 class _PlainTextMarkdownIt(MarkdownIt):
     """A parser whose links keep their destination exactly as written."""
 
@@ -229,13 +242,19 @@ def _build() -> MarkdownIt:
     md.inline.ruler.before("linkify", "math", _math)
     md.inline.ruler.before("linkify", "bare_url", _bare_url)
     md.inline.ruler.at("emphasis", _emphasis)
+    md.block.ruler.at("reference", _reference)
     return md
 
 
 _MD = _build()
+_MD_NO_HTML_BLOCKS = _build().disable("html_block")
 
 
-def parse(text: str) -> list[Token]:
-    """Parse Markdown into markdown-it-py's flat block token stream (inline tokens as children)."""
+def parse(text: str, html_blocks: bool = True) -> list[Token]:
+    """Parse Markdown into markdown-it-py's flat block token stream (inline tokens as children).
+
+    ``html_blocks=False`` reads lines that would open an HTML block as Markdown instead (inline
+    HTML tags are still tokens), for the text left inside an HTML block once its tags are gone.
+    """
     env: dict[str, Any] = {}
-    return _MD.parse(text, env)
+    return (_MD if html_blocks else _MD_NO_HTML_BLOCKS).parse(text, env)

@@ -101,6 +101,7 @@ COMMONMARK_CASES = [
     ("math inside a link", "[a $x_1$ b](u)", "a x₁ b (u)"),
     ("image alt with emphasis", '![a *b*](u.png "t")', "[图片: a b] u.png"),
     ("reference link", "[ref]\n\n[ref]: https://r.com", "ref (https://r.com)"),
+    ("footnotes stay as written", "Note[^1].\n\n[^1]: Source.", "Note[^1].\n\n[^1]: Source."),
     ("autolinks", "<https://a.com> and <a@b.com>", "https://a.com and a@b.com"),
     (
         "url as written",
@@ -115,6 +116,10 @@ COMMONMARK_CASES = [
     # HTML blocks
     ("html block", "<div>\n<p>Hi <b>there</b></p>\n</div>\n\nnext", "Hi there\n\nnext"),
     ("comment block", "<!-- hidden -->\ntext", "text"),
+    ("markdown inside an html block", "<div>\n# h\n- **a**\n</div>", "【h】\n• a"),
+    ("unknown tag block", "<think>\n**r**\n</think>\n\nAnswer", "<think>\nr\n</think>\n\nAnswer"),
+    ("pre block as written", "<pre>\n*a*  &amp;\n\nb\n</pre>\nafter", "*a*  &\n\nb\nafter"),
+    ("empty pre block", "a\n\n<pre></pre>\n\nb", "a\n\nb"),
     (
         "details block around markdown",
         "<details>\n<summary>提示</summary>\n\n用 $x$。\n\n</details>",
