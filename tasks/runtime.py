@@ -9,7 +9,8 @@ import redis
 from bot.channels.wechat.api import WeChatAPI
 from bot.core.settings import Settings
 from bot.core.store import connect, resolve_url
-from bot.engine import Engine, get_engine
+from bot.engine.base import Engine
+from bot.engine.factory import get_engine
 
 
 @functools.cache

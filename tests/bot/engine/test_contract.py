@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from bot.core.settings import Settings
-from bot.engine import Engine, build_engine
-from bot.engine.base import Generation, GenerationRequest
+from bot.engine.base import Engine, Generation, GenerationRequest
+from bot.engine.factory import build_engine
 from bot.engine.openai_backend import FALLBACK_ANSWER, OpenAIEngine
 from bot.engine.transformers.engine import TransformersEngine
 from tests.bot.engine.builders import QUESTION, request

@@ -13,18 +13,21 @@ from typing import Any
 import pytest
 import requests
 
+from bot.core.contracts import IncomingMessage
 from bot.core.settings import Settings
-from bot.engine import Engine, build_engine
-from bot.engine.base import GenerationRequest
+from bot.engine.base import Engine, GenerationRequest
+from bot.engine.factory import build_engine
 from bot.engine.openai_backend import (
     FORCED_CLOSE,
     OpenAIEngine,
     ServerError,
     chatml_prompt,
 )
-from bot.pipeline import service
+from bot.pipeline.answer import APOLOGY_TEXT, answer
+from bot.pipeline.conversations import conversations
+from bot.pipeline.ingest import make_job
 from tests.fake_openai import FakeOpenAI
-from tests.helpers import free_port
+from tests.helpers import free_port, unique
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -256,18 +259,15 @@ def test_chatml_prompt() -> None:
 def test_the_service_apologises_when_the_server_fails(
     settings: Settings, redis_client: Any, openai_settings: Settings, fake_openai: FakeOpenAI
 ) -> None:
-    from bot.core.contracts import IncomingMessage
-    from tests.helpers import unique
-
     fake_openai.fail_next, fake_openai.fail_path = 500, "/chat/completions"
     engine = build_engine(openai_settings)
     user = unique()
-    job = service.make_job(
-        IncomingMessage(
-            channel="wechat", user=user, account="gh", kind="text", content="hi", msg_id=unique()
-        )
+    message = IncomingMessage(
+        channel="wechat", user=user, account="gh", kind="text", content="hi", msg_id=unique()
     )
-    result = service.answer(job, settings=settings, client=redis_client, engine=engine)
-    assert result["answer"] == service.APOLOGY_TEXT
-    assert result["error"] == "ServerError"
-    assert service.conversations(settings, redis_client).history("wechat", user) == []
+    job = make_job(message, f"test:{unique()}")
+    result = answer(job, settings=settings, client=redis_client, engine=engine)
+    assert result is not None
+    assert result.answer == APOLOGY_TEXT
+    assert "ServerError" in result.error  # the exception the engine raised is named
+    assert conversations(settings, redis_client).history("wechat", user) == []
