@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# The worker's setting (bot.engine sets it too, but torch is imported here first): OpenMP threads
-# that sleep between parallel regions instead of spinning, see bench/RESULTS.md.
+# The worker's setting (bot.engine.transformers sets it too, but torch is imported here first):
+# OpenMP threads that sleep between parallel regions instead of spinning, see bench/RESULTS.md.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
@@ -46,11 +46,9 @@ from transformers import Qwen2Config  # noqa: E402
 
 from bot.core.settings import Settings  # noqa: E402
 from bot.engine.base import GenerationRequest  # noqa: E402
-from bot.engine.transformers.engine import (  # noqa: E402
-    MiMoQwen2ForCausalLM,
-    TransformersEngine,
-    weight_bytes,
-)
+from bot.engine.transformers.engine import TransformersEngine  # noqa: E402
+from bot.engine.transformers.memory import weight_bytes  # noqa: E402
+from bot.engine.transformers.model import MiMoQwen2ForCausalLM  # noqa: E402
 from bot.engine.transformers.tiny import build_tokenizer  # noqa: E402
 
 QUESTIONS = [

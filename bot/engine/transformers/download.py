@@ -1,4 +1,4 @@
-"""`mimochat download`: fetch a model's weights into the Hugging Face cache, and find them there.
+"""Where a model's files are: fetched into the Hugging Face cache (`mimochat download`), found there.
 
 Only what the engine loads is fetched (config, safetensors, tokenizer files): MiMo's repository
 also holds remote code, which mimochat never runs, and duplicate `.bin` weights.
@@ -8,6 +8,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+from huggingface_hub.utils import enable_progress_bars
+from tqdm.auto import tqdm
+
+from bot.core.settings import Settings
+from bot.engine.transformers.loading import looks_like_path, read_model_config
+from bot.engine.transformers.tiny import TINY, ensure_tiny_model
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +34,10 @@ def download(model: str = DEFAULT_MODEL) -> Path:
 
     A local directory, or `tiny`, needs no download: it is checked and returned as it is.
     """
-    from bot.engine.transformers.engine import read_model_config
-
     name = (model or "").strip()
     if not name:
         raise ValueError("name a model: a hub id such as XiaomiMiMo/MiMo-7B-RL")
-    if name == "tiny":
-        from bot.core.settings import Settings
-        from bot.engine.transformers.tiny import ensure_tiny_model
-
+    if name == TINY:
         return ensure_tiny_model(Settings.from_env().data_path)
     if Path(name).expanduser().is_dir():
         read_model_config(str(Path(name).expanduser()))
@@ -38,11 +47,24 @@ def download(model: str = DEFAULT_MODEL) -> Path:
     return path
 
 
+def resolve_model(settings: Settings) -> str:
+    """The local directory or hub id to load: `tiny` builds the test checkpoint on first use.
+
+    A hub id already in the Hugging Face cache (`mimochat download`) resolves to its snapshot
+    directory, so loading it never touches the network.
+    """
+    name = settings.model.strip()
+    if name == TINY:
+        return str(ensure_tiny_model(settings.data_path))
+    if name and not Path(name).expanduser().exists() and not looks_like_path(name):
+        cached = cached_snapshot(name)
+        if cached is not None:
+            return str(cached)
+    return name
+
+
 def cached_snapshot(repo_id: str) -> Path | None:
     """The complete local snapshot of `repo_id` in the Hugging Face cache, or None (no network)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
     try:
         path = snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS, local_files_only=True)
     except (LocalEntryNotFoundError, HFValidationError, OSError):
@@ -51,16 +73,6 @@ def cached_snapshot(repo_id: str) -> Path | None:
 
 
 def _snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-    from huggingface_hub.utils import enable_progress_bars
-    from tqdm.auto import tqdm
-
     enable_progress_bars()
     try:
         path = snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS, tqdm_class=tqdm)

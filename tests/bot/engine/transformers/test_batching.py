@@ -2,8 +2,8 @@
 
 Most tests run the real transformers batch manager on the tiny model (CPU, sdpa). The loop crash
 is simulated by a forward pass that raises, standing for a CUDA out-of-memory, which cannot
-happen on this machine. `ScriptedBatcher` stands in for the manager where a test needs an exact
-token stream (a `</think>` split over an update, a crash after some tokens).
+happen on this machine. The engine's side of a batch with an exact token stream is in
+test_decoding.py.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pytest
 
 from bot.core.settings import Settings
 from bot.engine.base import Generation, GenerationRequest
-from bot.engine.transformers.batching import BatchConfig, BatchCrashed, RequestFailed, Update
-from bot.engine.transformers.engine import FORCED_CLOSE, TransformersEngine
+from bot.engine.transformers.batching import BatchCrashed, RequestFailed, Update
+from bot.engine.transformers.engine import TransformersEngine
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -231,97 +231,6 @@ def test_info_reports_the_batch(tiny_batched: TransformersEngine) -> None:
     json.dumps(tiny_batched.info())
 
 
-# The engine's side of the batch, with a scripted token stream
-
-
-class ScriptedHandle:
-    def __init__(self, updates: list[Update]) -> None:
-        self.updates = list(updates)
-        self.cancelled = False
-        self.done = False
-
-    def get(self, timeout: float) -> Update | None:
-        return self.updates.pop(0) if self.updates else None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class ScriptedBatcher:
-    """Stands in for Batcher: each submission gets the next script of updates."""
-
-    def __init__(self, *scripts: list[Update]) -> None:
-        self.scripts = list(scripts)
-        self.config = BatchConfig(kv_cache_tokens=10**6)
-        self.submitted: list[tuple[list[int], int]] = []
-        self.handles: list[ScriptedHandle] = []
-
-    def submit(self, input_ids: list[int], max_new_tokens: int, **sampling: Any) -> ScriptedHandle:
-        self.submitted.append((list(input_ids), max_new_tokens))
-        handle = ScriptedHandle(self.scripts.pop(0))
-        self.handles.append(handle)
-        return handle
-
-    def close(self) -> None:
-        pass
-
-
-def ids(engine: TransformersEngine, *pieces: str) -> list[int]:
-    return [i for piece in pieces for i in engine._encode(piece)]
-
-
-def test_close_split_over_one_update_stops_there(
-    tiny_batched: TransformersEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    eos = tiny_batched.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    reasoning = ids(tiny_batched, "Paris", " is it.", "</", "think", ">")
-    extra = ids(tiny_batched, "ignored")
-    answer = ids(tiny_batched, "\n\n", "Paris.") + [eos]
-    fake = ScriptedBatcher(
-        [Update(reasoning[:2], False), Update(reasoning + extra, False)],
-        [Update(answer, True)],
-    )
-    monkeypatch.setattr(tiny_batched, "_batcher", fake)
-    generation = tiny_batched.generate(request(thinking_budget=100))
-    assert (generation.reasoning, generation.answer) == ("Paris is it.", "Paris.")
-    assert generation.finish_reason == "stop"
-    assert generation.reasoning_tokens == len(reasoning)
-    prompt = fake.submitted[0][0]
-    assert fake.submitted[1][0] == prompt + reasoning  # tokens after the close are dropped
-    assert fake.handles[0].cancelled  # the first pass gave its KV back at once
-
-
-def test_crash_mid_request_resumes_from_where_it_was(
-    tiny_batched: TransformersEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    thinking = ids(tiny_batched, *["hmm "] * 6)
-    fake = ScriptedBatcher(
-        [Update(thinking[:3], False), Update([], True, BatchCrashed("simulated"))],
-        [Update(thinking[3:4], False), Update(thinking[3:6], True)],
-        [Update(ids(tiny_batched, "Paris"), True)],
-    )
-    monkeypatch.setattr(tiny_batched, "_batcher", fake)
-    generation = tiny_batched.generate(request(thinking_budget=6, max_new_tokens=5))
-    assert generation.finish_reason == "budget"
-    assert generation.reasoning_tokens == 6
-    first, resumed, answer = fake.submitted
-    assert resumed == (first[0] + thinking[:3], 3)  # the rest of the budget, from where it was
-    assert answer[0] == first[0] + thinking[:6] + tiny_batched._encode(FORCED_CLOSE)
-
-
-def test_a_second_crash_is_not_retried(
-    tiny_batched: TransformersEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fake = ScriptedBatcher(
-        [Update([], True, BatchCrashed("first"))],
-        [Update([], True, BatchCrashed("second"))],
-    )
-    monkeypatch.setattr(tiny_batched, "_batcher", fake)
-    with pytest.raises(BatchCrashed, match="second"):
-        tiny_batched.generate(request())
-    assert len(fake.submitted) == 2
-
-
 def test_batched_text_is_the_one_at_a_time_text(
     tiny_batched: TransformersEngine, tiny_engine: TransformersEngine
 ) -> None:
@@ -396,7 +305,7 @@ def test_a_process_that_never_closes_its_engine_still_exits(tiny_data_dir: Any) 
     from pathlib import Path
 
     script = (
-        "from bot.engine import get_engine\n"
+        "from bot.engine.factory import get_engine\n"
         "from bot.engine.base import GenerationRequest\n"
         "from bot.core.settings import Settings\n"
         f"engine = get_engine(Settings(model='tiny', data_dir={str(tiny_data_dir)!r}, device='cpu'))\n"

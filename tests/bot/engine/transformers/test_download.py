@@ -17,8 +17,13 @@ import huggingface_hub.constants as hub_constants
 import pytest
 
 from bot.core.settings import Settings
-from bot.engine.transformers.download import ALLOW_PATTERNS, cached_snapshot, download
-from bot.engine.transformers.engine import TransformersEngine, resolve_model
+from bot.engine.transformers.download import (
+    ALLOW_PATTERNS,
+    cached_snapshot,
+    download,
+    resolve_model,
+)
+from bot.engine.transformers.engine import TransformersEngine
 from tests.helpers import free_port
 
 REPO = "mimochat-test/tiny-qwen2"

@@ -1,5 +1,7 @@
 """TransformersEngine on the tiny checkpoint: prompts, budget forcing, streaming, errors.
 
+Loading and refused checkpoints are in test_loading.py, memory sizing in test_memory.py.
+
 The tiny model's weights are random, so its text is noise; tests that need a particular shape of
 output (a `</think>` written by the model, an early end of turn) script the token stream by
 replacing `model.generate` with a fake that honours the same stopping criteria and streamer.
@@ -8,32 +10,17 @@ replacing `model.generate` with a fake that honours the same stopping criteria a
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import Qwen2Config
 
 from bot.core.settings import Settings
-from bot.engine import build_engine
 from bot.engine.base import Generation
-from bot.engine.transformers.engine import (
-    FALLBACK_ANSWER,
-    FORCED_CLOSE,
-    TransformersEngine,
-    ensure_fits,
-    kv_bytes_per_token,
-    plan_kv_cache,
-    resolve_device,
-    resolve_dtype,
-    weight_bytes,
-)
+from bot.engine.transformers.engine import FALLBACK_ANSWER, FORCED_CLOSE, TransformersEngine
 from tests.bot.engine.builders import QUESTION, request
 
 FINISH_REASONS = {"stop", "length", "budget", "empty"}
@@ -97,15 +84,7 @@ def ids(engine: TransformersEngine, *pieces: str) -> list[int]:
     return [i for piece in pieces for i in engine._encode(piece)]
 
 
-# Prompt and loading
-
-
-def test_build_engine_names_this_backend(tiny_settings: Settings) -> None:
-    engine = build_engine(tiny_settings)
-    try:
-        assert isinstance(engine, TransformersEngine)
-    finally:
-        engine.close()
+# Prompt and info
 
 
 def test_prompt_has_empty_system_turn_and_opens_reasoning(tiny_engine: TransformersEngine) -> None:
@@ -364,176 +343,9 @@ def test_abandoned_stream_frees_the_engine(
     assert len(fake.inputs) == 1  # the cancelled request never went on to its answer
 
 
-# Settings and checkpoints the engine refuses or accepts
-
-
-def test_missing_directory(tiny_settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="does not exist"):
-        TransformersEngine(tiny_settings.replace(model=str(tmp_path / "nowhere")))
-
-
-def test_hub_id_that_cannot_be_fetched(
-    tiny_settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import huggingface_hub
-
-    def offline(repo_id: str, filename: str, **kwargs: Any) -> str:
-        raise OSError("no connection to huggingface.co")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(RuntimeError, match="mimochat download"):
-        TransformersEngine(tiny_settings.replace(model="XiaomiMiMo/MiMo-7B-RL"))
-
-
-def test_neither_directory_nor_hub_id(tiny_settings: Settings) -> None:
-    with pytest.raises(ValueError, match="neither an existing directory nor a valid hub id"):
-        TransformersEngine(tiny_settings.replace(model="no such model!"))
-
-
-def test_directory_without_config_or_weights(tiny_settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no config.json"):
-        TransformersEngine(tiny_settings.replace(model=str(tmp_path)))
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    with pytest.raises(ValueError, match="no weights"):
-        TransformersEngine(tiny_settings.replace(model=str(tmp_path)))
-
-
-def test_other_architecture_is_refused(tiny_settings: Settings, tmp_path: Path) -> None:
-    config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ValueError, match="'llama' model.*Qwen2"):
-        TransformersEngine(tiny_settings.replace(model=str(tmp_path)))
-
-
-def test_mimo_checkpoint_loads_as_qwen2(
-    tiny_settings: Settings,
-    tiny_model_dir: Path,
-    tiny_engine: TransformersEngine,
-    tmp_path: Path,
-    capfd: pytest.CaptureFixture,
-) -> None:
-    mimo = tmp_path / "MiMo-tiny"
-    shutil.copytree(tiny_model_dir, mimo)
-    config = json.loads((mimo / "config.json").read_text())
-    rope = config.pop("rope_parameters")
-    config.update(
-        model_type="mimo",
-        architectures=["MiMoForCausalLM"],
-        auto_map={"AutoModelForCausalLM": "modeling_mimo.MiMoForCausalLM"},
-        num_nextn_predict_layers=1,
-        rope_theta=rope["rope_theta"],
-        rope_scaling=None,
-    )
-    (mimo / "config.json").write_text(json.dumps(config))
-    weights = load_file(mimo / "model.safetensors")
-    weights["model.mtp_layers.0.input_layernorm.weight"] = torch.ones(64)
-    weights["model.mtp_layers.0.input_proj.weight"] = torch.zeros(64, 128)
-    save_file(weights, mimo / "model.safetensors", metadata={"format": "pt"})
-    capfd.readouterr()
-
-    engine = TransformersEngine(tiny_settings.replace(model=str(mimo)))
-    try:
-        generation = engine.generate(request(thinking_budget=3, max_new_tokens=3))
-        assert generation.answer
-        assert engine.info()["parameters"] == tiny_engine.info()["parameters"]
-    finally:
-        engine.close()
-    # The MTP weights are skipped without a load report full of UNEXPECTED keys.
-    assert "mtp_layers" not in "".join(capfd.readouterr())
-
-
 def test_closed_engine_refuses_work(tiny_settings: Settings) -> None:
     engine = TransformersEngine(tiny_settings)
     engine.close()
     assert engine.info()["closed"] is True
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate(request())
-
-
-@pytest.mark.parametrize(
-    ("name", "error", "match"),
-    [("tpu", ValueError, "MIMOCHAT_DEVICE"), ("nonsense!", ValueError, "MIMOCHAT_DEVICE")],
-)
-def test_bad_device(name: str, error: type[Exception], match: str) -> None:
-    with pytest.raises(error, match=match):
-        resolve_device(name)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_requested_without_a_gpu() -> None:
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
-        resolve_device("cuda:0")
-    assert resolve_device("auto") == torch.device("cpu")
-
-
-def test_dtypes() -> None:
-    cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == torch.float32
-    assert resolve_dtype("bf16", cpu) == torch.bfloat16
-    assert resolve_dtype("float16", cpu) == torch.float16
-    with pytest.raises(ValueError, match="MIMOCHAT_DTYPE"):
-        resolve_dtype("int4", cpu)
-
-
-# Memory: KV cache per token, weights, and what fits on a device
-
-MIMO = Qwen2Config(
-    vocab_size=151680,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    max_position_embeddings=32768,
-    tie_word_embeddings=False,
-)
-
-
-def test_mimo_kv_and_weight_bytes() -> None:
-    # 2 (K and V) x 36 layers x 8 KV heads x 128 head dim x 2 bytes (bf16)
-    assert kv_bytes_per_token(MIMO, torch.bfloat16) == 147_456
-    assert kv_bytes_per_token(MIMO, torch.float32) == 2 * 147_456
-    # 7.6 B parameters without the MTP layer: ~15.2 GB in bf16.
-    assert 15.1e9 < weight_bytes(MIMO, torch.bfloat16) < 15.3e9
-
-
-def test_weight_bytes_match_a_real_model(tiny_engine: TransformersEngine) -> None:
-    assert tiny_engine.model is not None
-    parameters = tiny_engine.info()["parameters"]
-    assert weight_bytes(tiny_engine.model.config, torch.float32) == parameters * 4
-
-
-@pytest.mark.parametrize(
-    ("wanted", "free_gib", "expected"),
-    [
-        (8 * 32768, 80, 8 * 32768),  # an 80 GB GPU after the weights: all 8 full conversations
-        (8 * 32768, 20, int(20 * 2**30 * 0.85) // 147_456),  # cut to what fits
-    ],
-)
-def test_kv_cache_plan(wanted: int, free_gib: int, expected: int) -> None:
-    assert plan_kv_cache(wanted, 147_456, free_gib * 2**30, 0.85, 32768, "cuda:0") == expected
-
-
-def test_kv_cache_that_cannot_hold_one_conversation() -> None:
-    with pytest.raises(RuntimeError, match=r"one conversation of 32768 tokens needs 4\.5 GiB"):
-        plan_kv_cache(8 * 32768, 147_456, 4 * 2**30, 0.85, 32768, "cuda:0")
-
-
-def test_too_little_gpu_memory_says_how_much_is_needed() -> None:
-    weights = weight_bytes(MIMO, torch.bfloat16)
-    needed = weights + 32768 * 147_456
-    with pytest.raises(
-        RuntimeError, match=r"needs 18\.7 GiB \(14\.2 GiB of weights.*12\.0 GiB is free"
-    ):
-        ensure_fits(needed, 12 * 2**30, "cuda:0", weights)
-    ensure_fits(needed, 24 * 2**30, "cuda:0", weights)  # a 24 GB GPU is enough
-
-
-def test_context_tokens_caps_the_window(tiny_settings: Settings) -> None:
-    engine = TransformersEngine(tiny_settings.replace(context_tokens=512))
-    try:
-        assert engine.context_length == 512
-        assert engine.info()["batching"]["kv_cache_tokens"] == tiny_settings.gpu_concurrency * 512
-    finally:
-        engine.close()
