@@ -26,7 +26,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +100,7 @@ class OpenAIEngine(Engine):
 
     def _post_stream(
         self, path: str, payload: dict[str, Any], request: GenerationRequest
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Generator[dict[str, Any], None, None]:
         """POST with `stream: true`; yields each SSE data object; the response closes on exit."""
         url = f"{self.base_url}{path}"
         stall = STALL_TIMEOUT

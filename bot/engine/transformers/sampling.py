@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -139,7 +139,7 @@ class SamplingProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         position = int(input_ids.shape[-1])
         row = RowParams(self.temperature, self.top_p, self.seed, position)
-        return self.sampler.as_scores(scores, [row] * scores.shape[0])
+        return cast(torch.FloatTensor, self.sampler.as_scores(scores, [row] * scores.shape[0]))
 
 
 def sampling_kwargs(temperature: float, top_p: float, seed: int | None) -> dict[str, Any]:

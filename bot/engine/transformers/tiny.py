@@ -8,6 +8,7 @@ runs on any laptop without downloading 15 GB of weights.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -192,10 +193,12 @@ def build_tokenizer() -> Qwen2Tokenizer:
     vocab = raw.get_vocab(with_added_tokens=False)
     merges = _merges(raw)
 
+    # The annotations say merges are "a b" strings and unk_token a string, but the tokenizers
+    # BPE built from them takes (a, b) pairs, and None means no unknown token (byte-level BPE).
     tokenizer = Qwen2Tokenizer(
         vocab=vocab,
-        merges=merges,
-        unk_token=None,
+        merges=merges,  # type: ignore[arg-type]
+        unk_token=None,  # type: ignore[arg-type]
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
@@ -209,12 +212,12 @@ def build_tokenizer() -> Qwen2Tokenizer:
 
 
 def _merges(raw: Tokenizer) -> list[tuple[str, str]]:
-    import json
-
     data = json.loads(raw.to_str())
-    return [
-        tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in data["model"]["merges"]
-    ]
+    pairs: list[tuple[str, str]] = []
+    for merge in data["model"]["merges"]:
+        first, second = merge.split(" ", 1) if isinstance(merge, str) else merge
+        pairs.append((first, second))
+    return pairs
 
 
 def _build(out: Path) -> None:
@@ -222,7 +225,11 @@ def _build(out: Path) -> None:
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_tokenizer()
-    eos_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    eos_ids: list[int] = []
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        assert isinstance(token_id, int)  # one token in, one id out
+        eos_ids.append(token_id)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -231,7 +238,7 @@ def _build(out: Path) -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        rope_theta=640000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 640000.0},
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=eos_ids[0],
