@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from flask import Flask
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
-from bot.channels.wechat.protocol import ProtocolError, WeChatCodec
+from bot.channels.signing import ProtocolError
+from bot.channels.untrusted import load_json
+from bot.channels.wechat.protocol import WeChatCodec
 from bot.core.logs import setup_logging
 from bot.core.settings import Settings
 from bot.core.store import Unavailable, connect, resolve_url
@@ -23,12 +27,22 @@ def _plain(text: str, status: int) -> tuple[str, int, dict[str, str]]:
     return text, status, {"Content-Type": "text/plain; charset=utf-8"}
 
 
+class GuardedJSONProvider(DefaultJSONProvider):
+    """`request.get_json()` anywhere in the app refuses deep, huge or malformed bodies with a
+    ValueError (so Flask answers 400, or None when silent) instead of a RecursionError (503)."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Parse untrusted JSON within the limits of `bot.channels.untrusted`."""
+        return load_json(s)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the web app; tests pass their own settings."""
     settings = settings or Settings.from_env()
     setup_logging(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json = GuardedJSONProvider(app)
     app.extensions["mimochat"] = Services(
         settings=settings,
         redis=connect(resolve_url(settings)),
@@ -38,6 +52,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings.wechat_aes_key,
             settings.wechat_app_id,
             settings.wechat_timestamp_window,
+            settings.wechat_encrypt_mode,
         ),
     )
 
@@ -64,6 +79,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):  # noqa: ANN202
         return _plain(exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(RecursionError)
+    @app.errorhandler(OverflowError)
+    def hostile(exc: Exception):  # noqa: ANN202
+        # Backstop: the parsers refuse deep and huge input themselves; if some input still
+        # reached one of these, it is the input, and a retry would fail the same way.
+        log.warning("refused a request that %s could not take", type(exc).__name__)
+        return _plain("malformed request", 400)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):  # noqa: ANN202

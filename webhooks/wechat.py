@@ -17,7 +17,8 @@ bp = Blueprint("wechat", __name__)
 @bp.get("/wechat")
 def verify_url() -> Response:
     """URL verification: echo `echostr` when the signature holds."""
-    echostr = services().wechat.verify_url(request.args.to_dict())
+    s = services()
+    echostr = s.wechat.verify_url(request.args.to_dict(), client=s.redis)
     return Response(echostr, mimetype="text/plain")
 
 
@@ -26,7 +27,8 @@ def receive() -> Response:
     """A user's message: acknowledged only once its job is in Redis."""
     started = time.time()
     s = services()
-    inbound = s.wechat.open(request.args.to_dict(), request.get_data())
+    # Verify: signature, freshness, safe mode, and one body per signature (the binding).
+    inbound = s.wechat.open(request.args.to_dict(), request.get_data(), client=s.redis)
     message = parse_message(inbound.xml)
     decision = service.ingest(
         message, settings=s.settings, client=s.redis, enqueue=s.producer.generation

@@ -33,7 +33,8 @@ def receive() -> Response:
     """A message, event or stream refresh: the reply is sealed JSON, or an empty body."""
     s = services()
     robot = codec(s.settings)
-    message = parse_callback(robot.open(request.args.to_dict(), request.get_data()))
+    plain = robot.open(request.args.to_dict(), request.get_data(), client=s.redis)
+    message = parse_callback(plain)
     reply = wecom.ingest(
         message, settings=s.settings, client=s.redis, enqueue=s.producer.wecom_generation
     )

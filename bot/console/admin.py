@@ -1,12 +1,12 @@
-"""The console's read models and its login rules, free of Flask so they are tested directly.
+"""The console's read models, free of Flask so they are tested directly.
 
 A job's timeline in words, one job seen whole (timeline, text so far, reasoning, what the
-user received), recent conversations searchable by user, and the admin token check.
+user received), recent conversations searchable by user. The admin token check and its
+throttle live in `bot.console.guard`.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from typing import Any
@@ -16,44 +16,13 @@ import redis
 from bot.channels.wechat import simulator
 from bot.channels.wechat.api import explain
 from bot.channels.wecom import simulator as simulator_wecom
+from bot.console.guard import token_matches  # noqa: F401 (the token check lives in guard)
 from bot.core import jobs, progress
 from bot.core.settings import Settings
-from bot.core.store import key
 from bot.pipeline import moderation
 from bot.pipeline.conversations import Conversations
 
 log = logging.getLogger(__name__)
-
-LOGIN_WINDOW = 300  # seconds over which failed logins are counted per client address
-LOGIN_MAX_FAILURES = 10
-
-
-def token_matches(given: str | None, expected: str) -> bool:
-    """Constant-time comparison of a presented admin token; an empty expected token never matches."""
-    if not expected or not given:
-        return False
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def login_allowed(client: redis.Redis, address: str) -> bool:
-    """False once an address failed too many logins recently (guessing the token is slow)."""
-    try:
-        return int(client.get(key("admin", "login-failures", address)) or 0) < LOGIN_MAX_FAILURES
-    except redis.RedisError:
-        return True  # the token check still holds; Redis being down must not lock operators out
-
-
-def note_failed_login(client: redis.Redis, address: str) -> None:
-    """Count one failed login for an address."""
-    k = key("admin", "login-failures", address)
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            pipe.incr(k)
-            pipe.expire(k, LOGIN_WINDOW)
-            pipe.execute()
-    except redis.RedisError:
-        pass
-
 
 def _num(record: dict[str, str], name: str) -> float | None:
     try:

@@ -10,18 +10,19 @@ from flask import Flask
 
 from bot.core.settings import Settings
 from webhooks.admin import api, pages
-from webhooks.admin.auth import AdminSessionInterface
+from webhooks.admin.auth import ServerSessionInterface
 
 
 def init_app(app: Flask, settings: Settings) -> None:
     """Mount the console; without ADMIN_TOKEN its routes only say that it is off."""
     if settings.admin_token:
         # Derived from the token: every web process signs alike, and a new token logs
-        # everybody out. The token itself is never the key nor stored in the cookie.
+        # everybody out (it namespaces the server-side sessions and signs device cookies).
+        # The token itself is never the key nor stored anywhere.
         app.secret_key = hmac.new(
             settings.admin_token.encode(), b"mimochat admin session v1", hashlib.sha256
         ).digest()
-    app.session_interface = AdminSessionInterface()
+    app.session_interface = ServerSessionInterface()
     app.config.update(
         SESSION_COOKIE_NAME="mimochat_admin",
         SESSION_COOKIE_PATH="/admin",

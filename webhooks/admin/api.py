@@ -9,6 +9,7 @@ import redis
 from flask import Blueprint, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from bot.channels.untrusted import load_json
 from bot.channels.wechat import simulator
 from bot.channels.wecom import simulator as simulator_wecom
 from bot.console import admin, doctor, stats
@@ -155,10 +156,12 @@ def wecom_response():  # noqa: ANN201
     credential: the robot posts here with no admin token."""
     if not console_on():
         return jsonify(error=OFF_TEXT), 404
+    try:  # anyone may post here: deep, huge or broken JSON is a clean 400, never a 503
+        body = load_json(raw) if (raw := request.get_data()) else None
+    except ValueError as exc:
+        return jsonify(errcode=40008, errmsg=f"body is not valid JSON ({exc})"), 400
     errcode, errmsg = simulator_wecom.accept_response(
-        services().redis,
-        request.args.get("response_code", "")[:64],
-        request.get_json(silent=True),
+        services().redis, request.args.get("response_code", "")[:64], body
     )
     return jsonify(errcode=errcode, errmsg=errmsg)
 

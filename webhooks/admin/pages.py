@@ -12,6 +12,7 @@ from flask import Blueprint, Response, redirect, render_template, request, sessi
 from bot.channels.wechat import simulator
 from bot.channels.wecom import simulator as simulator_wecom
 from bot.console import admin
+from bot.console.guard import Verdict
 from webhooks.admin.auth import (
     CSRF_FIELD,
     OFF_TEXT,
@@ -19,6 +20,7 @@ from webhooks.admin.auth import (
     csrf_ok,
     csrf_token,
     logged_in,
+    secret_verdict,
     start_session,
 )
 from webhooks.services import services
@@ -71,18 +73,17 @@ def login():  # noqa: ANN201
     error = ""
     status = 200
     if request.method == "POST":
-        s = services()
         address = request.remote_addr or "?"
         if not csrf_ok():
             error, status = "The form expired: please try again.", 403
-        elif not admin.login_allowed(s.redis, address):
+        # One atomic throttle admits, compares and counts (bot.console.guard).
+        elif (verdict := secret_verdict(request.form.get("token", ""))) is Verdict.THROTTLED:
             error, status = "Too many failed attempts: wait a few minutes.", 429
-        elif admin.token_matches(request.form.get("token", ""), s.settings.admin_token):
+        elif verdict is Verdict.OK:
             start_session()
             log.info("admin login from %s", address)
             return redirect(_safe_next(request.args.get("next")))
         else:
-            admin.note_failed_login(s.redis, address)
             log.warning("failed admin login from %s", address)
             error, status = "That is not the admin token.", 401
     return render_template("admin/login.html", error=error), status

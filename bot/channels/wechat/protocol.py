@@ -6,39 +6,34 @@ servers send) that `mimochat send`, the admin simulator and the tests use.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 import string
 import time
 from dataclasses import dataclass
+from typing import Literal
 from xml.parsers.expat import ExpatError
 
+import redis
 import xmltodict
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 
+from bot.channels.signing import (
+    ProtocolError,
+    Signed,
+    bind_body,
+    new_nonce,
+    parse_timestamp,
+    sign,
+    verify,
+)
+from bot.channels.untrusted import check_xml
 from bot.core.contracts import IncomingMessage
-from bot.text.formatting import clean_xml_text
+from bot.text.xmlsafe import clean_xml_text
 
-
-class ProtocolError(Exception):
-    """A request the platform would never send: signature, timestamp, body or encryption wrong."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def sign(*parts: str) -> str:
-    """WeChat's signature: sha1 of the sorted parts joined."""
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
-
-
-def new_nonce() -> str:
-    """A random numeric nonce like WeChat's."""
-    return str(secrets.randbelow(9_000_000_000) + 1_000_000_000)
+EncryptMode = Literal["safe", "compatible", "plain"]
+ENCRYPT_MODES: tuple[EncryptMode, ...] = ("safe", "compatible", "plain")
+XML_MAX_DEPTH = 8  # WeChat's messages nest 2 deep (<xml><Content>)
 
 
 @dataclass
@@ -53,12 +48,28 @@ class Inbound:
 
 @dataclass
 class WeChatCodec:
-    """Server side of the protocol for one account."""
+    """Server side of the protocol for one account.
+
+    `encrypt_mode` is the account's message encryption: `safe` takes only AES messages (the
+    default when an AES key is set: a plaintext signature covers no body), `compatible` takes
+    both, `plain` only plaintext (the default without a key). Empty: derived from the key.
+    """
 
     token: str
     aes_key: str = ""
     app_id: str = ""
     timestamp_window: int = 300
+    encrypt_mode: str = ""
+
+    @property
+    def mode(self) -> EncryptMode:
+        """The encryption mode in force."""
+        for mode in ENCRYPT_MODES:
+            if self.encrypt_mode == mode:
+                return mode
+        if self.encrypt_mode:
+            raise ProtocolError(500, "WECHAT_ENCRYPT_MODE must be safe, compatible or plain")
+        return "safe" if self.aes_key else "plain"
 
     def _crypto(self) -> WeChatCrypto:
         try:
@@ -66,52 +77,66 @@ class WeChatCodec:
         except (AssertionError, ValueError) as exc:
             raise ProtocolError(500, "WECHAT_AES_KEY is malformed (43 chars of base64)") from exc
 
-    def _check(self, args: dict[str, str], *extra: str, field: str = "signature") -> None:
-        timestamp, nonce, signature = args.get("timestamp"), args.get("nonce"), args.get(field)
-        if not (timestamp and nonce and signature):
-            raise ProtocolError(400, f"missing timestamp, nonce or {field}")
-        expected = sign(self.token, timestamp, nonce, *extra)
-        if not hmac.compare_digest(expected, signature):
-            raise ProtocolError(403, "signature mismatch")
-        try:
-            skew = abs(time.time() - int(timestamp))
-        except ValueError as exc:
-            raise ProtocolError(400, "timestamp is not a number") from exc
-        if self.timestamp_window and skew > self.timestamp_window:
-            raise ProtocolError(403, "timestamp outside the freshness window")
+    def _check(self, args: dict[str, str], *extra: str, field: str = "signature") -> Signed:
+        return verify(self.token, args, *extra, field=field, window=self.timestamp_window)
 
-    def verify_url(self, args: dict[str, str]) -> str:
-        """Answer the GET handshake: the raw echostr when the signature holds."""
-        self._check(args)
-        return args.get("echostr", "")
+    def verify_url(self, args: dict[str, str], client: redis.Redis | None = None) -> str:
+        """Answer the GET handshake: the raw echostr when the signature holds.
 
-    def open(self, args: dict[str, str], body: bytes) -> Inbound:
-        """Verify a POSTed message and decrypt it in safe/compatible mode."""
+        With `client`, the handshake's (timestamp, nonce) is bound too: its signature is the
+        one a plaintext message carries, so a logged handshake URL must not post a message.
+        """
+        signed = self._check(args)
+        echostr = args.get("echostr", "")
+        if client is not None:
+            bind_body(client, "wechat", signed, b"GET " + echostr.encode(), self.timestamp_window)
+        return echostr
+
+    def open(self, args: dict[str, str], body: bytes, client: redis.Redis | None = None) -> Inbound:
+        """Verify a POSTed message and decrypt it in safe/compatible mode.
+
+        With `client`, the call's (timestamp, nonce) is bound to this body (see `bind_body`):
+        the same call again is WeChat's retry, the same signature with another body is a 403.
+        """
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ProtocolError(400, "body is not UTF-8") from exc
+        mode = self.mode
         if args.get("encrypt_type", "raw") != "aes":
-            self._check(args)
-            return Inbound(text, False, args["timestamp"], args["nonce"])
+            if mode == "safe":
+                # WeChat sends nothing unencrypted in safe mode: this is somebody else.
+                raise ProtocolError(403, "safe mode takes only encrypted messages")
+            signed = self._check(args)
+            self._bind(client, signed, body)
+            return Inbound(text, False, signed.timestamp, signed.nonce)
         if not self.aes_key:
             raise ProtocolError(400, "message is encrypted but WECHAT_AES_KEY is not set")
+        if mode == "plain":
+            raise ProtocolError(400, "message is encrypted but WECHAT_ENCRYPT_MODE is plain")
         envelope = _parse_xml(text)
         encrypt = envelope.get("Encrypt")
         if not isinstance(encrypt, str) or not encrypt:
             raise ProtocolError(400, "encrypted message without <Encrypt>")
-        self._check(args, encrypt, field="msg_signature")
+        signed = self._check(args, encrypt, field="msg_signature")
         try:
             plain = self._crypto().decrypt_message(
-                {"Encrypt": encrypt}, args["msg_signature"], args["timestamp"], args["nonce"]
+                {"Encrypt": encrypt}, signed.signature, signed.timestamp, signed.nonce
             )
         except InvalidSignatureException as exc:
             raise ProtocolError(403, "signature mismatch") from exc
         except InvalidAppIdException as exc:
             raise ProtocolError(400, "message was encrypted for another AppID") from exc
+        except ProtocolError:
+            raise
         except Exception as exc:  # bad base64 / padding: the body is not what WeChat sends
             raise ProtocolError(400, "cannot decrypt <Encrypt>") from exc
-        return Inbound(plain, True, args["timestamp"], args["nonce"])
+        self._bind(client, signed, body)
+        return Inbound(plain, True, signed.timestamp, signed.nonce)
+
+    def _bind(self, client: redis.Redis | None, signed: Signed, body: bytes) -> None:
+        if client is not None:
+            bind_body(client, "wechat", signed, body, self.timestamp_window)
 
     def seal(self, reply_xml: str, inbound: Inbound) -> str:
         """Encrypt a passive reply when the request came encrypted."""
@@ -122,8 +147,9 @@ class WeChatCodec:
 
 def _parse_xml(text: str) -> dict:
     try:
+        check_xml(text, max_depth=XML_MAX_DEPTH)
         doc = xmltodict.parse(text, disable_entities=True)
-    except (ExpatError, ValueError) as exc:
+    except (ExpatError, ValueError) as exc:  # UnicodeError and the depth check included
         raise ProtocolError(400, "malformed XML") from exc
     root = doc.get("xml") if isinstance(doc, dict) else None
     if not isinstance(root, dict):
@@ -146,9 +172,9 @@ def parse_message(xml: str) -> IncomingMessage:
     user, account, kind = (_field(root, n) for n in ("FromUserName", "ToUserName", "MsgType"))
     if not (user and account and kind):
         raise ProtocolError(400, "message lacks FromUserName, ToUserName or MsgType")
-    try:
-        create_time = int(_field(root, "CreateTime") or 0)
-    except ValueError as exc:
+    try:  # digits only: a 5,000-digit CreateTime would overflow whatever compares it to now
+        create_time = parse_timestamp(_field(root, "CreateTime") or "0")
+    except ProtocolError as exc:
         raise ProtocolError(400, "CreateTime is not a number") from exc
     kind = kind.lower()
     content = ""

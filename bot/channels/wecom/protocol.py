@@ -21,13 +21,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from wechatpy.enterprise.crypto import PrpCrypto
 
-from bot.channels.wechat.protocol import ProtocolError, new_nonce, sign
+from bot.channels.signing import ProtocolError, Signed, bind_body, new_nonce, sign, verify
+from bot.channels.untrusted import load_json
 from bot.core.contracts import IncomingMessage
-from bot.text.formatting import split_text, utf8_len
+from bot.text.split import split_text, utf8_len
 
 CONTENT_LIMIT = 20480  # UTF-8 bytes of one stream or markdown content
+ENVELOPE_MAX_DEPTH = 4  # the callback's envelope is one flat object
 TRUNCATED_NOTE = "\n\n…（回答过长，已截断 / answer cut: too long for WeCom）"
 
 __all__ = [
@@ -79,25 +82,12 @@ class WeComCodec:
     receive_id: str = ""
     timestamp_window: int = 300
 
-    def _check(self, args: dict[str, str], payload: str) -> tuple[str, str]:
+    def _check(self, args: dict[str, str], payload: str) -> Signed:
         if not (self.token and self.aes_key):
             raise ProtocolError(404, "the WeCom robot is not configured")
-        timestamp, nonce, signature = (
-            args.get("timestamp"),
-            args.get("nonce"),
-            args.get("msg_signature"),
+        return verify(
+            self.token, args, payload, field="msg_signature", window=self.timestamp_window
         )
-        if not (timestamp and nonce and signature):
-            raise ProtocolError(400, "missing timestamp, nonce or msg_signature")
-        if not hmac.compare_digest(sign(self.token, timestamp, nonce, payload), signature):
-            raise ProtocolError(403, "signature mismatch")
-        try:
-            skew = abs(time.time() - int(timestamp))
-        except ValueError as exc:
-            raise ProtocolError(400, "timestamp is not a number") from exc
-        if self.timestamp_window and skew > self.timestamp_window:
-            raise ProtocolError(403, "timestamp outside the freshness window")
-        return timestamp, nonce
 
     def _decrypt(self, ciphertext: str) -> str:
         try:
@@ -117,17 +107,23 @@ class WeComCodec:
         self._check(args, echostr)
         return self._decrypt(echostr)
 
-    def open(self, args: dict[str, str], body: bytes) -> str:
-        """Verify a POSTed callback `{"encrypt": ...}` and return its decrypted JSON text."""
+    def open(self, args: dict[str, str], body: bytes, client: redis.Redis | None = None) -> str:
+        """Verify a POSTed callback `{"encrypt": ...}` and return its decrypted JSON text.
+
+        With `client`, the call's (timestamp, nonce) is bound to this body (`bind_body`).
+        """
         try:
-            envelope = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+            envelope = load_json(body, max_depth=ENVELOPE_MAX_DEPTH)
+        except ValueError as exc:
             raise ProtocolError(400, "body is not JSON") from exc
         ciphertext = envelope.get("encrypt") if isinstance(envelope, dict) else None
         if not isinstance(ciphertext, str) or not ciphertext:
             raise ProtocolError(400, 'callback without "encrypt"')
-        self._check(args, ciphertext)
-        return self._decrypt(ciphertext)
+        signed = self._check(args, ciphertext)
+        plain = self._decrypt(ciphertext)
+        if client is not None:
+            bind_body(client, "wecom", signed, body, self.timestamp_window)
+        return plain
 
     def seal(
         self, payload: dict[str, Any], *, nonce: str | None = None, timestamp: str | None = None
@@ -192,8 +188,8 @@ def _text_of(kind: str, body: dict) -> tuple[str, int]:
 def parse_callback(plain: str) -> IncomingMessage:
     """Turn a decrypted callback into an IncomingMessage (kind = WeCom's msgtype)."""
     try:
-        data = json.loads(plain)
-    except ValueError as exc:
+        data = load_json(plain)
+    except ValueError as exc:  # too deep, too big or a huge number included
         raise ProtocolError(400, "callback is not JSON") from exc
     if not isinstance(data, dict):
         raise ProtocolError(400, "callback must be a JSON object")

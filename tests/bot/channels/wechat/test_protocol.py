@@ -36,8 +36,8 @@ SAMPLE_ENCRYPT = (
 )
 
 
-def codec(aes: str = AES_KEY, window: int = 300) -> WeChatCodec:
-    return WeChatCodec(TOKEN, aes, APP_ID, window)
+def codec(aes: str = AES_KEY, window: int = 300, mode: str = "") -> WeChatCodec:
+    return WeChatCodec(TOKEN, aes, APP_ID, window, mode)
 
 
 def test_signature_official_vector() -> None:
@@ -75,6 +75,7 @@ def test_url_verification_plain() -> None:
         ({"timestamp": str(int(time.time()) - 3600)}, 403),
         ({"nonce": ""}, 400),
         ({"timestamp": "soon"}, 403),
+        ({"timestamp": "9" * 5000}, 403),  # the signature no longer holds either
     ],
 )
 def test_url_verification_refuses(change: dict, status: int) -> None:
@@ -96,7 +97,42 @@ def test_round_trip_plain_and_safe(aes: str) -> None:
 
 def test_compatible_mode_plain_message_accepted_with_key_set() -> None:
     signed = sign_request(TOKEN, message_xml("o", "gh", content="hi"))
-    assert not codec().open(signed.params, signed.body.encode()).encrypted
+    assert not codec(mode="compatible").open(signed.params, signed.body.encode()).encrypted
+
+
+@pytest.mark.parametrize(
+    ("aes", "mode", "effective", "plain", "encrypted"),
+    [
+        (AES_KEY, "", "safe", 403, None),  # a key set: only AES messages by default
+        (AES_KEY, "safe", "safe", 403, None),
+        (AES_KEY, "compatible", "compatible", None, None),
+        (AES_KEY, "plain", "plain", None, 400),
+        ("", "", "plain", None, 400),
+        ("", "plain", "plain", None, 400),
+    ],
+)
+def test_encrypt_modes(
+    aes: str, mode: str, effective: str, plain: int | None, encrypted: int | None
+) -> None:
+    """Which bodies each WECHAT_ENCRYPT_MODE takes (None: accepted, else the refusal)."""
+    account = codec(aes, mode=mode)
+    assert account.mode == effective
+    xml = message_xml("o", "gh", content="hi")
+    for aes_key, status in (("", plain), (AES_KEY, encrypted)):
+        signed = sign_request(TOKEN, xml, aes_key=aes_key, app_id=APP_ID)
+        if status is None:
+            assert account.open(signed.params, signed.body.encode()).encrypted == bool(aes_key)
+            continue
+        with pytest.raises(ProtocolError) as err:
+            account.open(signed.params, signed.body.encode())
+        assert err.value.status == status
+
+
+def test_unknown_encrypt_mode_is_a_server_error() -> None:
+    signed = sign_request(TOKEN, message_xml("o", "gh", content="hi"))
+    with pytest.raises(ProtocolError) as err:
+        codec(mode="sometimes").open(signed.params, signed.body.encode())
+    assert err.value.status == 500
 
 
 @pytest.mark.parametrize(

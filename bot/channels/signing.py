@@ -1,0 +1,115 @@
+"""The platforms' signed callbacks, checked once for WeChat and WeCom alike.
+
+Both sign a call the same way: `sha1(sorted(token, timestamp, nonce[, ciphertext]))` in the
+query string, with a Unix timestamp that must be fresh. A plaintext WeChat signature covers no
+body at all, so a signed query string that leaks (a proxy log, a referrer) could carry any
+body for as long as its timestamp stays fresh: `bind_body` ties each (timestamp, nonce) to the
+first body it came with. The AES itself is wechatpy's (`WeChatCrypto`, `PrpCrypto`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+
+from bot.core.store import key
+
+# Unix seconds in ASCII digits (WeChat's have 10). Anything else, `+1`, `1_0`, non-ASCII
+# digits or 5,000 nines, is refused before int(): a huge one used to overflow float() into a 503.
+_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
+UNBOUNDED_TTL = 86400  # how long a body stays bound when no freshness window is enforced
+
+
+class ProtocolError(Exception):
+    """A request the platform would never send: signature, timestamp, body or encryption wrong."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def sign(*parts: str) -> str:
+    """WeChat's and WeCom's signature: sha1 of the sorted parts joined."""
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+
+
+def new_nonce() -> str:
+    """A random numeric nonce like the platforms'."""
+    return str(secrets.randbelow(9_000_000_000) + 1_000_000_000)
+
+
+@dataclass(frozen=True)
+class Signed:
+    """The checked signature of one call: what its body gets bound to."""
+
+    timestamp: str
+    nonce: str
+    signature: str
+
+
+def parse_timestamp(value: str) -> int:
+    """The timestamp as an int; ProtocolError(400) unless it is 1-12 ASCII digits."""
+    if not _TIMESTAMP.fullmatch(value):
+        raise ProtocolError(400, "timestamp is not a number")
+    return int(value)
+
+
+def verify(
+    token: str,
+    args: dict[str, str],
+    *covered: str,
+    field: str = "signature",
+    window: int = 300,
+    now: float | None = None,
+) -> Signed:
+    """Check a call's signature over token, timestamp, nonce and `covered`, then its freshness.
+
+    400 when a part is missing or the timestamp is no number, 403 when the signature does not
+    hold or the timestamp is more than `window` seconds off (0: no freshness check). The
+    signature comes first, so a forged call learns nothing from the timestamp's answer.
+    """
+    timestamp, nonce, signature = args.get("timestamp"), args.get("nonce"), args.get(field)
+    if not (timestamp and nonce and signature):
+        raise ProtocolError(400, f"missing timestamp, nonce or {field}")
+    if not hmac.compare_digest(sign(token, timestamp, nonce, *covered), signature):
+        raise ProtocolError(403, "signature mismatch")
+    stamp = parse_timestamp(timestamp)
+    if window and abs((time.time() if now is None else now) - stamp) > window:
+        raise ProtocolError(403, "timestamp outside the freshness window")
+    return Signed(timestamp, nonce, signature)
+
+
+def bind_body(
+    client: redis.Redis, channel: str, signed: Signed, body: bytes, window: int = 300
+) -> None:
+    """Tie a verified call's (timestamp, nonce) to its body: the same body again is the
+    platform's retry and passes; another body under the same pair is refused (403).
+
+    Keyed by (timestamp, nonce), not by the signature: in WeChat's compatible mode one call
+    carries both `signature` and `msg_signature`, and a captured URL must not be able to move
+    its plaintext `signature` onto a forged plaintext body. The record lives as long as the
+    timestamp can stay acceptable: it may be up to `window` ahead and `window` behind.
+    """
+    pair = hashlib.sha256(f"{signed.timestamp}\n{signed.nonce}".encode()).hexdigest()
+    name = key("signed", channel, pair)
+    digest = hashlib.sha256(body).hexdigest()
+    ttl = 2 * window + 1 if window else UNBOUNDED_TTL
+    for _ in range(2):  # a record that expired between SET and GET is simply taken again
+        if client.set(name, digest, nx=True, ex=ttl):
+            return
+        first = client.get(name)
+        if first is None:
+            continue
+        if isinstance(first, bytes):
+            first = first.decode()
+        if hmac.compare_digest(str(first), digest):
+            return
+        break
+    raise ProtocolError(403, "this signature was already used with another body")
