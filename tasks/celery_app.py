@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 
+from bot.core.contracts import Answer, Job
 from bot.core.settings import Settings
 from bot.core.store import Unavailable, celery_url, connect, resolve_url
-from bot.pipeline.service import QueueFull
+from bot.pipeline.ingest import QueueFull
+from tasks import deliver, generate
+from tasks.names import DELIVER, GENERATE, GPU_QUEUE, IO_QUEUE, QUEUES, ROUTES, WECOM_GENERATE
 
 log = logging.getLogger(__name__)
-
-GPU_QUEUE = "gpu"
-IO_QUEUE = "io"
-GENERATE = "mimochat.generate"
-DELIVER = "mimochat.deliver"
-WECOM_GENERATE = "mimochat.wecom.generate"
-WECOM_CHECK = "mimochat.wecom.check"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -36,16 +33,9 @@ def make_celery(settings: Settings) -> Celery:
         # A worker that dies mid-task hands the job back instead of acking it.
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[
-            Queue(q, Exchange(q, type="direct"), routing_key=q) for q in (GPU_QUEUE, IO_QUEUE)
-        ],
+        task_queues=[Queue(q, Exchange(q, type="direct"), routing_key=q) for q in QUEUES],
         task_default_queue=IO_QUEUE,
-        task_routes={
-            GENERATE: {"queue": GPU_QUEUE},
-            DELIVER: {"queue": IO_QUEUE},
-            WECOM_GENERATE: {"queue": GPU_QUEUE},
-            WECOM_CHECK: {"queue": IO_QUEUE},
-        },
+        task_routes={name: {"queue": queue} for name, queue in ROUTES.items()},
         task_create_missing_queues=False,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,
@@ -60,11 +50,8 @@ def make_celery(settings: Settings) -> Celery:
         task_send_sent_event=False,
         enable_utc=True,
     )
-    from tasks import deliver, generate, wecom
-
     generate.register(app, settings)
     deliver.register(app, settings)
-    wecom.register(app, settings)
     return app
 
 
@@ -94,7 +81,7 @@ class Producer:
             self._redis = connect(self._url)
         return int(self._redis.llen(queue))
 
-    def _send(self, name: str, payload: dict, queue: str) -> None:
+    def _send(self, name: str, payload: dict[str, Any], queue: str) -> None:
         try:
             self.app.send_task(name, args=[payload], queue=queue, retry=False)
         except (OperationalError, redis.RedisError, OSError) as exc:
@@ -112,16 +99,17 @@ class Producer:
             if waiting >= self.max_queue:
                 raise QueueFull(f"{waiting} waiting, limit {self.max_queue}")
 
-    def generation(self, job: dict) -> None:
+    def generation(self, job: Job) -> None:
         """Put one generation job on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
         self._check_room()
-        self._send(GENERATE, job, GPU_QUEUE)
+        self._send(
+            WECOM_GENERATE if job.reply_mode == "stream" else GENERATE, job.wire(), GPU_QUEUE
+        )
 
-    def delivery(self, result: dict) -> None:
+    def delivery(self, result: Answer) -> None:
         """Put one delivery job on the io queue (raises Unavailable if Redis is down)."""
-        self._send(DELIVER, result, IO_QUEUE)
+        self._send(DELIVER, result.wire(), IO_QUEUE)
 
-    def wecom_generation(self, job: dict) -> None:
+    def wecom_generation(self, job: Job) -> None:
         """Put one WeCom question on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
-        self._check_room()
-        self._send(WECOM_GENERATE, job, GPU_QUEUE)
+        self.generation(job)

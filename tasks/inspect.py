@@ -12,7 +12,7 @@ from typing import Any
 import redis
 
 from bot.console import workers as heartbeats
-from tasks.celery_app import GPU_QUEUE, IO_QUEUE
+from tasks.names import GPU_QUEUE, IO_QUEUE
 
 QUEUES = (GPU_QUEUE, IO_QUEUE)
 UNACKED_KEY = "unacked"  # kombu's Redis transport: jobs taken by a worker, not acknowledged yet

@@ -19,11 +19,13 @@ from celery.signals import (
     worker_shutting_down,
 )
 
-from bot.core import logs, metrics
+from bot.core import lifeline, logs, metrics
 from bot.core.logs import setup_logging
 from bot.core.settings import load_or_exit
-from tasks import runtime
-from tasks.celery_app import GPU_QUEUE, make_celery
+from bot.pipeline.sweeper import Sweeper, worker_id
+from tasks import dispatch, runtime
+from tasks.celery_app import make_celery
+from tasks.names import GPU_QUEUE
 from tasks.heartbeat import Heartbeat
 from tasks.shutdown import ShutdownBound
 
@@ -47,7 +49,15 @@ def load_engine(sender: str, instance: object, **_: object) -> None:
     if GPU_QUEUE not in consume_from:
         heartbeat.ready(None)
         return
-    engine = runtime.engine(settings)
+    try:
+        engine = runtime.engine(settings)
+    except Exception as exc:  # whatever it is, this worker cannot answer
+        # Celery logs and swallows a signal handler's exception and would then consume jobs
+        # it cannot answer; this process ends instead, before it takes anything from a queue,
+        # with a code its supervisor knows not to restart.
+        log.debug("engine failed to load", exc_info=True)
+        heartbeat.stop()
+        lifeline.cannot_start(lifeline.engine_failure(exc))
     # The heartbeat also carries the generations in flight: the web's engine batch size figure.
     heartbeat.ready(lambda: {**engine.info(), "generating": metrics.generations_in_flight()})
     log.info("engine ready on %s: %s", sender, engine.info())
@@ -55,9 +65,11 @@ def load_engine(sender: str, instance: object, **_: object) -> None:
 
 @worker_shutdown.connect
 def stop_heartbeat(**_: object) -> None:
-    """Show the worker offline at once on a clean stop."""
+    """Show the worker offline at once on a clean stop; hand the sweeper's lease on."""
     for heartbeat in _heartbeat:
         heartbeat.stop()
+    if "sweeper" in _running:
+        _running.pop("sweeper").stop()
 
 
 def start_metrics_server(port: int) -> int:
@@ -81,6 +93,16 @@ def on_ready(sender: Any, **_: object) -> None:
     """Serve metrics once the worker consumes; keep its consumer for a bounded shutdown."""
     start_metrics_server(settings.metrics_port)
     _running["consumer"] = sender
+    # Every worker runs a sweeper; a Redis lease lets one sweep at a time (bot.pipeline.sweeper).
+    client = runtime.redis_client(settings)
+    sweeper = Sweeper(
+        client,
+        settings,
+        dispatch.sweeper_actions(app, settings, client),
+        owner=worker_id(str(getattr(sender, "hostname", "worker"))),
+    )
+    sweeper.start()
+    _running["sweeper"] = sweeper
 
 
 @worker_shutting_down.connect

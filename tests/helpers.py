@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 import uuid
 from typing import Any
 from urllib.parse import urlparse
+
+from bot.core.contracts import Answer, Job, message_key
 
 TOKEN = "mimochattest"
 APP_ID = "wx00112233445566ff"
@@ -60,3 +63,35 @@ def user_with_window(base: str) -> str:
         f"{base}/sandbox/wechat/window", json={"user": user}, timeout=5
     ).raise_for_status()
     return user
+
+
+def make_job(
+    user: str,
+    text: str = "a question",
+    *,
+    channel: str = "wechat",
+    mode: str = "customer_service",
+    msg_id: str | None = None,
+    **extra: Any,
+) -> Job:
+    """A typed job as ingest would build it (its own message identity unless given)."""
+    msg_id = msg_id or unique("m")
+    return Job(
+        key=message_key(channel, msg_id),
+        job_id=unique("job"),
+        request_id=unique("req"),
+        channel=channel,
+        user=user,
+        text=text,
+        msg_id=msg_id,
+        received_at=time.time(),
+        reply_mode=mode,  # type: ignore[arg-type]
+        **extra,
+    )
+
+
+def make_answer(
+    user: str, answer: str, *, question: str = "q", job: dict[str, Any] | None = None, **fields: Any
+) -> Answer:
+    """A typed answer to a fresh job, ready for delivery (`fields`: the answer's own)."""
+    return Answer(job=make_job(user, question, **(job or {})), answer=answer, **fields)

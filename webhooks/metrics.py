@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from bot.core import jobs, logs, metrics
 from bot.core.store import key
-from bot.pipeline.service import Decision
+from bot.pipeline.ingest import Decision
 from tasks import inspect
 from webhooks.services import services
 

@@ -28,4 +28,4 @@ class Services:
 
 def services() -> Services:
     """The current app's services."""
-    return current_app.extensions["mimochat"]  # type: ignore[no-any-return]
+    return current_app.extensions["mimochat"]

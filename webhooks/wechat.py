@@ -6,8 +6,9 @@ import time
 
 from flask import Blueprint, Response, request
 
+from bot.channels.wechat.passive import respond
 from bot.channels.wechat.protocol import parse_message, render_text_reply
-from bot.pipeline import service
+from bot.pipeline.ingest import ingest
 from webhooks import metrics
 from webhooks.services import services
 
@@ -30,10 +31,10 @@ def receive() -> Response:
     # Verify: signature, freshness, safe mode, and one body per signature (the binding).
     inbound = s.wechat.open(request.args.to_dict(), request.get_data(), client=s.redis)
     message = parse_message(inbound.xml)
-    decision = service.ingest(
+    decision = ingest(
         message, settings=s.settings, client=s.redis, enqueue=s.producer.generation
     )
-    reply = service.respond(message, decision, settings=s.settings, client=s.redis, started=started)
+    reply = respond(message, decision, settings=s.settings, client=s.redis, started=started)
     metrics.note(decision, held=reply.hold > 0)
     if reply.hold:
         # Passive mode, answer not ready: stay silent so WeChat times out and retries.

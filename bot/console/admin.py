@@ -125,6 +125,12 @@ def _wecom_reply_note(sim: dict[str, Any]) -> str:
     return " — finished stream" if (reply.get("stream") or {}).get("finish") else " — stream"
 
 
+def _stored(store: Conversations, job_id: str) -> dict[str, Any]:
+    """The stored answer's fields the console shows ({} when there is none yet)."""
+    stored = store.stored_answer(job_id) if job_id else None
+    return stored.model_dump(exclude={"job"}) if stored else {}
+
+
 def job_view(client: redis.Redis, settings: Settings, job_id: str) -> dict[str, Any] | None:
     """One job seen whole: simulation, timeline, text so far, reasoning, messages received."""
     record = jobs.get(client, job_id)
@@ -132,7 +138,7 @@ def job_view(client: redis.Redis, settings: Settings, job_id: str) -> dict[str, 
     if not record and not sim:
         return None
     store = Conversations(client, settings.history_ttl, settings.history_max_turns)
-    answer = store.stored_answer(job_id) or {}
+    answer = _stored(store, job_id)
     live = progress.read(client, job_id)
     user = record.get("user") or (sim or {}).get("user", "")
     since = _num(record, "received_at") or (sim or {}).get("sent_at", 0.0)
@@ -210,13 +216,13 @@ def wecom_view(client: redis.Redis, settings: Settings, sim_id: str) -> dict[str
     """One simulated WeCom message as the chat saw it, with its job's timeline when the job
     is in this Redis (a public URL's deployment may keep its own)."""
     sim = simulator.load(client, sim_id)
-    if not simulator_wecom.is_wecom(sim):
+    if sim is None or not simulator_wecom.is_wecom(sim):
         return None
     job_id = sim.get("job_id") or ""
     record = jobs.get(client, job_id) if job_id else {}
     chat = simulator_wecom.transcript(client, sim_id)
     store = Conversations(client, settings.history_ttl, settings.history_max_turns)
-    answer = (store.stored_answer(job_id) if job_id else None) or {}
+    answer = _stored(store, job_id)
     origin = _num(record, "received_at") or sim.get("sent_at")
     rows = timeline(record, sim, origin) + _chat_rows(chat, origin)
     rows.sort(key=lambda r: (r["at"] is None, r["at"] or 0.0))

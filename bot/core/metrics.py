@@ -15,9 +15,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from bot.core.contracts import Answer
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 4.5, 10.0)
 ANSWER_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -76,6 +77,18 @@ DELIVERY_ERRORS = Counter(
     "delivery was then given up (final) or retried.",
     ["code", "final"],
 )
+UNCERTAIN_SENDS = Counter(
+    "mimochat_uncertain_sends",
+    "Sends that reached the platform but got no answer in time: not resent (never doubled "
+    "blindly), shown in the console.",
+    ["channel"],
+)
+SWEEPER_ACTIONS = Counter(
+    "mimochat_sweeper_actions",
+    "Messages the sweeper moved on, by the state they were stuck in and what it did "
+    "(requeue, redeliver, apologize, park).",
+    ["state", "action"],
+)
 TOKEN_REFRESHES = Counter(
     "mimochat_wechat_token_refreshes", "Access tokens fetched from WeChat by this process."
 )
@@ -110,20 +123,19 @@ def webhook_call(channel: str, outcome: str, seconds: float) -> None:
     WEBHOOK_SECONDS.labels(channel, outcome).observe(seconds)
 
 
-def generation_done(result: dict[str, Any]) -> None:
-    """Count one finished generation's tokens, speed and queue wait from its result dict."""
-    GENERATIONS.labels(result.get("error") or result.get("finish_reason") or "unknown").inc()
+def generation_done(result: Answer) -> None:
+    """Count one finished generation's tokens, speed and queue wait."""
+    # An apology is counted by the exception it names last ("generation failed: RuntimeError").
+    label = result.error.rsplit(" ", 1)[-1] if result.error else result.finish_reason
+    GENERATIONS.labels(label or "unknown").inc()
     tokens = 0
-    for kind in ("reasoning", "answer"):
-        count = int(result.get(f"{kind}_tokens") or 0)
-        GENERATED_TOKENS.labels(kind).inc(count)
-        tokens += count
-    seconds = float(result.get("generation_seconds") or 0.0)
-    GENERATION_SECONDS.observe(seconds)
-    if tokens and seconds > 0:
-        TOKENS_PER_SECOND.observe(tokens / seconds)
-    if result.get("queue_wait") is not None:
-        QUEUE_WAIT_SECONDS.observe(max(0.0, float(result["queue_wait"])))
+    for kind, count in (("reasoning", result.reasoning_tokens), ("answer", result.answer_tokens)):
+        GENERATED_TOKENS.labels(kind).inc(count or 0)
+        tokens += count or 0
+    GENERATION_SECONDS.observe(result.generation_seconds)
+    if tokens and result.generation_seconds > 0:
+        TOKENS_PER_SECOND.observe(tokens / result.generation_seconds)
+    QUEUE_WAIT_SECONDS.observe(max(0.0, result.queue_wait))
 
 
 def answered(received_at: float | str | None, delivered_at: float | None = None) -> None:

@@ -6,8 +6,10 @@ import pytest
 import redis
 
 from bot.core.settings import Settings
-from bot.pipeline.service import QueueFull
-from tasks.celery_app import GPU_QUEUE, Producer, restore_sweep
+from bot.pipeline.ingest import QueueFull
+from tasks.celery_app import Producer, restore_sweep
+from tasks.names import GPU_QUEUE
+from tests.helpers import make_job
 
 
 @pytest.mark.parametrize(
@@ -27,7 +29,7 @@ def test_producer_refuses_past_the_queue_limit(
 ) -> None:
     waiting = redis_client.llen(GPU_QUEUE)
     producer = Producer(settings.replace(max_queue=waiting + 2))
-    job = {"job_id": "j", "request_id": "r", "user": "u", "text": "t"}
+    job = make_job("u", "t")
     producer.generation(job)
     producer.generation(job)
     with pytest.raises(QueueFull):

@@ -29,13 +29,20 @@ TRANSIENT_ERRORS = frozenset({-1, 45009, 45011})  # system busy, API rate limits
 
 
 class WeChatAPIError(Exception):
-    """A failed API call: `code` is WeChat's errcode (None for HTTP/network failures)."""
+    """A failed API call: `code` is WeChat's errcode (None for HTTP/network failures).
 
-    def __init__(self, code: int | None, message: str, transient: bool) -> None:
+    `uncertain`: the request reached WeChat but no answer came back in time (a read timeout),
+    so WeChat may have sent the message: sending it again could show it twice.
+    """
+
+    def __init__(
+        self, code: int | None, message: str, transient: bool, uncertain: bool = False
+    ) -> None:
         super().__init__(f"{code}: {message}" if code is not None else message)
         self.code = code
         self.message = message
         self.transient = transient
+        self.uncertain = uncertain
 
 
 class _Client(WeChatClient):
@@ -130,7 +137,8 @@ class WeChatAPI:
                 transient = code is None or code in TRANSIENT_ERRORS or code in TOKEN_ERRORS
                 raise WeChatAPIError(code, str(exc.errmsg or "HTTP error"), transient) from exc
             except requests.RequestException as exc:
-                raise WeChatAPIError(None, f"{type(exc).__name__}", True) from exc
+                uncertain = isinstance(exc, requests.ReadTimeout)
+                raise WeChatAPIError(None, f"{type(exc).__name__}", True, uncertain) from exc
         raise AssertionError("unreachable")
 
     def send_text(self, openid: str, content: str) -> None:

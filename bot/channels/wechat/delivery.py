@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
 
 import redis
 
 from bot.channels.wechat import reply_mode
 from bot.channels.wechat.api import WeChatAPI, WeChatAPIError
 from bot.channels.wechat.mailbox import MORE_HINT, PART_LIMIT, Mailbox, Piece
-from bot.core import jobs
+from bot.core import jobs, metrics
+from bot.core.contracts import Answer, Job
 from bot.core.progress import read as read_progress
 from bot.core.settings import Settings
 from bot.core.store import key
-from bot.text.formatting import number_parts, split_text, to_wechat_text
+from bot.pipeline.ledger import FINAL, Ledger
+from bot.text.markdown import to_wechat_text
+from bot.text.split import number_parts, split_text
 
 log = logging.getLogger(__name__)
 
@@ -41,85 +44,132 @@ def wechat_parts(answer: str) -> list[str]:
     return number_parts(parts, PART_LIMIT) or ["…"]
 
 
-def deliver(
-    result: dict[str, Any], *, settings: Settings, client: redis.Redis, api: WeChatAPI
-) -> dict[str, Any]:
-    """Send (or keep for the next message) every part not handled yet.
+@dataclass
+class Outcome:
+    """What one delivery run did."""
+
+    parts: int = 0
+    sent_now: int = 0
+    parked: int = 0
+    uncertain: int = 0
+    already: bool = False  # the message was delivered (or parked) before this run
+    delivered_at: float = 0.0
+
+
+def deliver(result: Answer, *, settings: Settings, client: redis.Redis, api: WeChatAPI) -> Outcome:
+    """Send (or keep for the next message) every part not handled yet; the ledger says which.
 
     Raises WeChatAPIError for transient failures (the task retries); the parts before stay
-    recorded as sent.
+    recorded as sent. A part whose send timed out after reaching WeChat is recorded as
+    uncertain and never resent.
     """
-    parts = wechat_parts(result["answer"])
-    pieces = [Piece(result["job_id"], p, result.get("question", "")) for p in parts]
-    box = Mailbox(client, result["channel"], result["user"], settings.pending_ttl)
-    if reply_mode.effective(settings, client) == reply_mode.PASSIVE:
-        return _park(client, box, result, pieces, "passive mode")
-    sent_key = key("sent", result["job_id"])
+    job = result.job
+    ledger = Ledger(client)
+    moved = ledger.move(job.key, "delivering", since=("*",))
+    if not moved.ok and moved.was in FINAL:
+        log.info("job %s: message %s already %s", job.job_id, job.key, moved.was)
+        return Outcome(already=True)
+    parts = wechat_parts(result.answer)
+    pieces = [Piece(job.job_id, p, job.question) for p in parts]
+    box = Mailbox(client, job.channel, job.user, settings.pending_ttl)
+    if job.reply_mode == reply_mode.PASSIVE:
+        return park(client, box, result, pieces, "passive mode")
+    sent_key = key("sent", job.job_id)
     already = client.hgetall(sent_key)
-    window = reply_mode.ServiceWindow(settings, client, result["user"])
-    sent_now = 0
+    window = reply_mode.ServiceWindow(settings, client, job.user)
+    outcome = Outcome(parts=len(parts))
     for index, part in enumerate(parts):
         if str(index) in already:
             continue
         left = window.remaining()
         if left == 0:
-            return _park(client, box, result, pieces[index:], "no sends left in the window")
+            return park(client, box, result, pieces[index:], "no sends left in the window")
         more = len(parts) - index - 1
         text = f"{part}\n\n{MORE_HINT.format(n=more)}" if left == 1 and more else part
         try:
-            api.send_text(result["user"], text)
+            api.send_text(job.user, text)
         except WeChatAPIError as exc:
+            if exc.uncertain:
+                # WeChat may have shown it: never sent twice blindly. Counted and listed.
+                client.hset(sent_key, str(index), f"uncertain {time.time():.3f}")
+                client.expire(sent_key, SENT_TTL)
+                metrics.UNCERTAIN_SENDS.labels(job.channel).inc()
+                jobs.record(client, job.job_id, "uncertain", part=index)
+                outcome.uncertain += 1
+                continue
             if exc.code not in PARK_CODES:
                 raise
             if exc.code == 48001:
                 reply_mode.mark_passive_only(settings, client)
-            return _park(client, box, result, pieces[index:], f"{exc.code}: {PARK_CODES[exc.code]}")
+            return park(client, box, result, pieces[index:], f"{exc.code}: {PARK_CODES[exc.code]}")
         # Recorded right after WeChat accepted it, so a retry resumes after this part.
         client.hset(sent_key, str(index), f"{time.time():.3f}")
         client.expire(sent_key, SENT_TTL)
         window.used_one()
-        sent_now += 1
-    jobs.record(client, result["job_id"], "delivered", parts=len(parts), via="customer_service")
+        outcome.sent_now += 1
+    final = "apologized" if result.apology else "delivered"
+    ledger.move(
+        job.key, final, since=("delivering",), via="customer_service", uncertain=outcome.uncertain
+    )
+    jobs.record(client, job.job_id, "delivered", parts=len(parts), via="customer_service")
     log.info(
         "delivered job %s: %d part(s) by customer service, %d sent now",
-        result["job_id"],
+        job.job_id,
         len(parts),
-        sent_now,
+        outcome.sent_now,
     )
-    return {"parts": len(parts), "sent_now": sent_now, "parked": 0}
+    outcome.delivered_at = time.time()
+    return outcome
 
 
-def _park(
-    client: redis.Redis, box: Mailbox, result: dict[str, Any], pieces: list[Piece], why: str
-) -> dict[str, Any]:
+def park(
+    client: redis.Redis, box: Mailbox, result: Answer, pieces: list[Piece], why: str
+) -> Outcome:
+    """Keep pieces for the user's next message (it carries them in its passive reply)."""
+    if not pieces:
+        pieces = [Piece(result.job_id, p, result.job.question) for p in wechat_parts(result.answer)]
     box.put(pieces)
-    jobs.record(client, result["job_id"], "delivered", parts=len(pieces), via="next_message")
+    Ledger(client).move(result.job.key, "parked", since=("*",), reason=why)
+    jobs.record(client, result.job_id, "delivered", parts=len(pieces), via="next_message")
     log.info(
         "job %s: %d part(s) wait for the user's next message (%s)",
-        result["job_id"],
+        result.job_id,
         len(pieces),
         why,
     )
-    return {"parts": len(pieces), "sent_now": 0, "parked": len(pieces)}
+    return Outcome(parts=len(pieces), parked=len(pieces))
 
 
-def record_failure(client: redis.Redis, result: dict[str, Any], exc: WeChatAPIError) -> None:
-    """Note a delivery that will not be retried, with WeChat's error code, for operators."""
-    jobs.record(client, result["job_id"], "failed", error_code=exc.code, error=exc.message[:200])
+def park_after_failure(
+    settings: Settings, client: redis.Redis, result: Answer, exc: BaseException
+) -> Outcome:
+    """Delivery outlived its retries: the answer waits for the user's next message."""
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "message", type(exc).__name__)
+    jobs.record(client, result.job_id, "failed", error_code=code, error=str(message)[:200])
+    box = Mailbox(client, result.job.channel, result.job.user, settings.pending_ttl)
+    sent = client.hgetall(key("sent", result.job_id))
+    parts = wechat_parts(result.answer)
+    pieces = [
+        Piece(result.job_id, p, result.job.question)
+        for i, p in enumerate(parts)
+        if str(i) not in sent
+    ]
+    return park(client, box, result, pieces, f"delivery failed: {code or message}")
 
 
-def typing(job: dict[str, Any], *, settings: Settings, client: redis.Redis, api: WeChatAPI) -> bool:
+def typing(job: Job, *, settings: Settings, client: redis.Redis, api: WeChatAPI) -> bool:
     """Show "typing…" while the job is being answered; True if it should be shown again later."""
-    state = read_progress(client, job["job_id"]).get("state", "queued")
+    state = read_progress(client, job.job_id).get("state", "queued")
     if state in ("done", "failed"):
         return False
-    if reply_mode.effective(settings, client) != reply_mode.CUSTOMER_SERVICE:
+    if job.reply_mode != reply_mode.CUSTOMER_SERVICE:
         return False
     try:
-        api.typing(job["user"])
+        api.typing(job.user)
     except WeChatAPIError as exc:
         if exc.code == 48001:
             reply_mode.mark_passive_only(settings, client)
-        log.info("typing indicator for job %s not shown: %s", job["job_id"], exc)
+        log.info("typing indicator for job %s not shown: %s", job.job_id, exc)
         return False
     return True

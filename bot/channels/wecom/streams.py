@@ -1,6 +1,6 @@
 """WeCom intelligent robot use cases: group threads, streamed answers and the response_url fallback.
 
-Generation is `service.answer` itself (the job's `user` is the thread's scope key); this module
+Generation is `bot.pipeline.answer` itself (the job's `user` is the thread's scope key); this module
 decides what each callback gets and who delivers the final answer.
 
 A question gets a `stream` reply at once; WeCom then polls with stream-refresh callbacks and
@@ -25,17 +25,19 @@ from typing import Any
 import redis
 
 from bot.channels.wecom.protocol import CONTENT_LIMIT, fit_content, stream_reply, text_reply
-from bot.core import jobs, logs, progress
-from bot.core.contracts import IncomingMessage, new_id
+from bot.core import jobs, progress
+from bot.core.contracts import Answer, IncomingMessage, Job, message_key, new_id
 from bot.core.settings import WECOM_SCOPES, Settings
 from bot.core.store import key
-from bot.pipeline import commands, moderation, service
-from bot.text.formatting import utf8_len
+from bot.pipeline import commands, moderation
+from bot.pipeline.conversations import conversations
+from bot.pipeline.ingest import BUSY_TEXT as QUEUE_BUSY_TEXT
+from bot.pipeline.ingest import Enqueue, enqueue_job
+from bot.pipeline.ledger import Ledger
+from bot.text.split import utf8_len
 
 log = logging.getLogger(__name__)
 
-Job = dict[str, Any]
-Enqueue = Callable[[Job], None]
 PostMarkdown = Callable[[str, str], None]
 
 CHANNEL = "wecom"
@@ -239,7 +241,19 @@ def render_markdown(state: dict[str, str], now: dict[str, str]) -> str:
 def _immediate(streams: Streams, stream_id: str, text: str) -> Reply:
     """Answer without the model: a stream that is finished at once (retries get the same)."""
     streams.put(stream_id, final_by="immediate", finished=1, final_content=text)
+    msg_key = streams.get(stream_id).get("key", "")
+    if msg_key:
+        Ledger(streams.redis).move(msg_key, "delivered", since=("received",), via="immediate")
     return Reply(stream_reply(stream_id, text, True), stream_id=stream_id)
+
+
+def _finish(client: redis.Redis, state: dict[str, str], via: str) -> None:
+    """The final answer went out (stream or response_url): the message's record says so."""
+    msg_key = state.get("key", "")
+    if msg_key:
+        failed = progress.read(client, state.get("job_id", "")).get("state") == "failed"
+        final = "apologized" if failed else "delivered"
+        Ledger(client).move(msg_key, final, since=("*",), via=via)
 
 
 def ingest(
@@ -254,6 +268,7 @@ def ingest(
         return Reply()
     streams = Streams(client)
     stream_id = new_id()
+    msg_key = message_key(CHANNEL, message.msg_id) if message.msg_id else ""
     # The state exists before the message is claimed, so a concurrent retry that finds the
     # claim always finds a stream to report on.
     streams.put(
@@ -263,22 +278,46 @@ def ingest(
         chat_type=message.chat_type,
         created_at=f"{time.time():.3f}",
         response_url=message.response_url,
+        key=msg_key,
     )
-    dedup_key = key("dedup", CHANNEL, message.msg_id) if message.msg_id else ""
-    if dedup_key and not client.set(dedup_key, stream_id, nx=True, ex=settings.dedup_ttl):
-        streams.delete(stream_id)
-        first = client.get(dedup_key) or ""
-        log.info("duplicate wecom message %s: answering with stream %s", message.msg_id, first)
-        payload = refresh(first, settings=settings, client=client)
-        return Reply(payload, stream_id=first, duplicate=True)
+    ledger = Ledger(client)
+    if msg_key:
+        created, _tries = ledger.claim(
+            msg_key,
+            channel=CHANNEL,
+            user=message.user,
+            kind=message.kind,
+            msg_id=message.msg_id,
+            stream_id=stream_id,
+            job_id=new_id(),
+            request_id=message.request_id,
+        )
+        if not created:
+            streams.delete(stream_id)
+            record = ledger.get(msg_key)
+            first = record.fields.get("stream_id", "") if record else ""
+            job = record.job if record else None
+            if record is not None and record.state == "received" and job is not None:
+                # The first try failed after writing its job: send it again (run once).
+                enqueue(job)
+                ledger.move(msg_key, "queued", since=("received",))
+            log.info("duplicate wecom message %s: answering with stream %s", message.msg_id, first)
+            payload = refresh(first, settings=settings, client=client)
+            return Reply(payload, stream_id=first, duplicate=True)
     try:
         return _decide(message, stream_id, streams, settings, client, enqueue)
     except Exception:
-        # Not acknowledged: WeCom's retry must be taken, not found as a stale duplicate.
-        if dedup_key:
-            client.delete(dedup_key)
-        streams.delete(stream_id)
-        release(client, message.user, stream_id)
+        # Not acknowledged: WeCom's retry must be taken, not found as a stale duplicate —
+        # unless the job may already be queued (then the record stays and the sweeper owns it).
+        try:
+            record = ledger.get(msg_key) if msg_key else None
+            if record is None or "job" not in record.fields:
+                if msg_key:
+                    ledger.forget(msg_key)
+                streams.delete(stream_id)
+                release(client, message.user, stream_id)
+        except redis.RedisError:
+            pass
         raise
 
 
@@ -311,42 +350,39 @@ def _decide(
     if command == "help":
         return _immediate(streams, stream_id, HELP_TEXT)
     if command == "reset":
-        service.conversations(settings, client).reset(CHANNEL, scope)
+        conversations(settings, client).reset(CHANNEL, scope)
         return _immediate(streams, stream_id, RESET_TEXTS[settings.wecom_session_scope])
     limit = settings.wecom_max_in_flight
     stale_after = settings.wecom_stream_window + 60
     if not admit(client, message.user, stream_id, limit, stale_after):
         log.info("wecom user %s has %d questions in progress: notice", message.user, limit)
         return _immediate(streams, stream_id, BUSY_TEXT.format(n=limit))
-    job = service.make_job(message)
-    job.update(
-        user=scope,  # the conversation key: service.answer reads and writes this thread
+    msg_key = message_key(CHANNEL, message.msg_id or stream_id)
+    record = Ledger(client).get(msg_key) if message.msg_id else None
+    job = Job(
+        key=msg_key,
+        job_id=record.fields["job_id"] if record else new_id(),
+        request_id=message.request_id,
+        channel=CHANNEL,
+        user=scope,  # the conversation key: answer() reads and writes this thread
+        account=message.account,
         text=question_text(content, message.quote),
+        msg_id=message.msg_id,
+        received_at=message.received_at,
+        reply_mode="stream",
         stream_id=stream_id,
         asker=message.user,
         chat_id=message.chat_id,
         chat_type=message.chat_type,
     )
-    try:
-        enqueue(job)
-    except service.QueueFull as exc:
+    if record is None:  # no msgid to dedupe on: a record of its own all the same
+        Ledger(client).claim(msg_key, channel=CHANNEL, user=message.user, job_id=job.job_id)
+    streams.put(stream_id, job_id=job.job_id, scope=scope, question=content[:500], key=msg_key)
+    decision = enqueue_job(job, Ledger(client), client, enqueue, kind=message.kind)
+    if decision.busy:
+        Ledger(client).forget(msg_key)
         release(client, message.user, stream_id)
-        logs.stage("busy", channel=CHANNEL, user=message.user, reason=str(exc))
-        return _immediate(streams, stream_id, service.BUSY_TEXT)
-    streams.put(stream_id, job_id=job["job_id"], scope=scope, question=content[:500])
-    jobs.record(
-        client,
-        job["job_id"],
-        "received",
-        channel=CHANNEL,
-        user=message.user,
-        scope=scope,
-        chat_id=message.chat_id,
-        kind=message.kind,
-        msg_id=message.msg_id,
-        stream_id=stream_id,
-        text=content[:500],
-    )
+        return _immediate(streams, stream_id, QUEUE_BUSY_TEXT)
     state = streams.get(stream_id)
     content_now = render_stream(settings, state, {"state": "queued"})
     return Reply(stream_reply(stream_id, content_now, False), job=job, stream_id=stream_id)
@@ -369,6 +405,7 @@ def refresh(stream_id: str, *, settings: Settings, client: redis.Redis) -> dict[
             content = render_stream(settings, state, now)
             streams.put(stream_id, finished=1, final_content=content)
             release(client, state.get("asker", ""), stream_id)
+            _finish(client, state, "stream")
             jobs.record(client, job_id, "delivered", via="stream")
             return stream_reply(stream_id, content, True)
         # A check task already sent the answer to response_url (or a concurrent refresh won).
@@ -415,14 +452,36 @@ def check_stream(
     url = state.get("response_url", "")
     if not url:
         log.warning("wecom stream %s ended without a response_url: answer not delivered", stream_id)
+        _undeliverable(client, state, "no response_url")
         return "no_url"
     if time.time() - float(state.get("created_at", 0)) > RESPONSE_URL_TTL:
         log.warning("wecom stream %s: response_url expired before the answer", stream_id)
+        _undeliverable(client, state, "response_url expired")
         return "expired"
     post(url, render_markdown(state, now))
     closed = {} if state.get("finished") == "1" else {"final_content": ELSEWHERE_TEXT}
     streams.put(stream_id, posted_at=f"{time.time():.3f}", finished=1, **closed)
     release(client, state.get("asker", ""), stream_id)
+    _finish(client, state, "response_url")
     jobs.record(client, job_id, "delivered", via="response_url")
     log.info("wecom stream %s: answer posted to response_url", stream_id)
     return "posted"
+
+
+def _undeliverable(client: redis.Redis, state: dict[str, str], why: str) -> None:
+    """No way left to reach the asker: the record keeps the answer, parked, with the reason."""
+    if state.get("key"):
+        Ledger(client).move(state["key"], "parked", since=("*",), parked_because=why)
+
+
+def show_final(client: redis.Redis, result: Answer) -> None:
+    """Make a finished answer what the next stream refresh shows (an apology, a stored answer)."""
+    if progress.read(client, result.job_id).get("state") in DONE_STATES:
+        return
+    state = "failed" if result.apology else "done"
+    progress.ProgressWriter(client, result.job_id).finish(result.answer, result.reasoning, state)
+
+
+def give_up(client: redis.Redis, stream_id: str, why: str) -> None:
+    """response_url refused the answer for good: the record keeps it, parked, with the reason."""
+    _undeliverable(client, Streams(client).get(stream_id), why)

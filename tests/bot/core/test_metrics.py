@@ -7,6 +7,7 @@ import threading
 from prometheus_client import REGISTRY
 
 from bot.core import metrics
+from tests.helpers import make_answer
 
 
 def value(name: str, **labels: str) -> float:
@@ -22,13 +23,15 @@ def test_generation_counts_tokens_speed_and_wait() -> None:
         "stop": value("mimochat_generations_total", finish_reason="stop"),
     }
     metrics.generation_done(
-        {
-            "reasoning_tokens": 30,
-            "answer_tokens": 10,
-            "generation_seconds": 2.0,
-            "finish_reason": "stop",
-            "queue_wait": 0.5,
-        }
+        make_answer(
+            "u",
+            "a",
+            reasoning_tokens=30,
+            answer_tokens=10,
+            generation_seconds=2.0,
+            finish_reason="stop",
+            queue_wait=0.5,
+        )
     )
     assert value("mimochat_generated_tokens_total", kind="reasoning") - before["reasoning"] == 30
     assert value("mimochat_generated_tokens_total", kind="answer") - before["answer"] == 10
@@ -39,7 +42,9 @@ def test_generation_counts_tokens_speed_and_wait() -> None:
 
 def test_failed_generation_is_counted_by_its_error() -> None:
     before = value("mimochat_generations_total", finish_reason="RuntimeError")
-    metrics.generation_done({"error": "RuntimeError", "generation_seconds": 0.1})
+    metrics.generation_done(
+        make_answer("u", "sorry", error="generation failed: RuntimeError", generation_seconds=0.1)
+    )
     assert value("mimochat_generations_total", finish_reason="RuntimeError") - before == 1
 
 

@@ -6,7 +6,8 @@ import redis
 
 from bot.core.contracts import IncomingMessage
 from bot.core.settings import Settings
-from bot.pipeline import moderation, service
+from bot.pipeline import moderation
+from bot.pipeline.ingest import Decision, ingest
 from tests.helpers import unique
 
 
@@ -28,9 +29,9 @@ def test_blocked_user_gets_a_polite_reply_and_no_job(
     moderation.block(redis_client, "wechat", user)
     queued: list[dict] = []
 
-    def ask(text: str, kind: str = "text", event: str = "") -> service.Decision:
+    def ask(text: str, kind: str = "text", event: str = "") -> Decision:
         m = IncomingMessage("wechat", user, "gh", kind, text, msg_id=unique("m"), event=event)
-        return service.ingest(m, settings=settings, client=redis_client, enqueue=queued.append)
+        return ingest(m, settings=settings, client=redis_client, enqueue=queued.append)
 
     assert ask("hello").reply == moderation.BLOCKED_TEXT
     assert ask("/reset").reply == moderation.BLOCKED_TEXT

@@ -11,7 +11,7 @@ from bot.channels.wechat.mailbox import PART_LIMIT, Mailbox
 from bot.channels.wechat.reply_mode import ServiceWindow
 from bot.core.progress import ProgressWriter
 from bot.core.store import connect
-from tests.helpers import unique, user_with_window
+from tests.helpers import make_answer, make_job, unique, user_with_window
 
 
 def outbox(base: str, user: str) -> list[str]:
@@ -37,13 +37,8 @@ def test_retried_delivery_never_repeats_a_part(live_sandbox) -> None:  # noqa: A
     r = connect(settings.redis_url)
     api, user = WeChatAPI(settings, r), user_with_window(base)
     ServiceWindow(settings, r, user).open()  # the webhook does this when the user writes
-    result = {
-        "job_id": unique("job"),
-        "channel": "wechat",
-        "user": user,
-        "answer": "\n\n".join(["段落。" * 150] * 3),
-    }
-    expected = wechat_parts(result["answer"])
+    result = make_answer(user, "\n\n".join(["段落。" * 150] * 3))
+    expected = wechat_parts(result.answer)
     assert len(expected) == 3
     api.send_text(user_with_window(base), "warm the token")
     # The second part fails with a 5xx: the first is recorded as sent.
@@ -54,7 +49,7 @@ def test_retried_delivery_never_repeats_a_part(live_sandbox) -> None:  # noqa: A
         deliver(result, settings=settings, client=r, api=api)
     assert outbox(base, user) == expected[:1]
     summary = deliver(result, settings=settings, client=r, api=api)  # the retry
-    assert summary["sent_now"] == 2
+    assert summary.sent_now == 2
     deliver(result, settings=settings, client=r, api=api)  # a redelivered task after success
     assert outbox(base, user) == expected
 
@@ -65,15 +60,9 @@ def test_closed_window_parks_the_answer_for_the_next_message(live_sandbox) -> No
     r = connect(settings.redis_url)
     user = unique()  # never wrote to the sandbox: its window is closed
     ServiceWindow(settings, r, user).open()
-    result = {
-        "job_id": unique("job"),
-        "channel": "wechat",
-        "user": user,
-        "answer": "late",
-        "question": "q",
-    }
+    result = make_answer(user, "late")
     summary = deliver(result, settings=settings, client=r, api=WeChatAPI(settings, r))
-    assert summary["parked"] == 1
+    assert summary.parked == 1
     assert outbox(base, user) == []
     assert Mailbox(r, "wechat", user, 60).take(PART_LIMIT)[0] == "late"
 
@@ -82,10 +71,10 @@ def test_typing_shown_while_the_job_runs(live_sandbox) -> None:  # noqa: ANN001
     base, settings = live_sandbox
     r = connect(settings.redis_url)
     user = user_with_window(base)
-    job = {"job_id": unique("job"), "user": user}
+    job = make_job(user)
     api = WeChatAPI(settings, r)
     assert typing(job, settings=settings, client=r, api=api) is True
-    ProgressWriter(r, job["job_id"]).finish("done", "")
+    ProgressWriter(r, job.job_id).finish("done", "")
     assert typing(job, settings=settings, client=r, api=api) is False  # answered: stop showing it
     shown = r.lrange(f"mimochat:sandbox:typing:{user}", 0, -1)
     assert len(shown) == 1 and "Typing" in shown[0]

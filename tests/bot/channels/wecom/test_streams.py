@@ -12,13 +12,17 @@ import redis
 from bot.channels.wecom import streams as wecom
 from bot.channels.wecom.protocol import CONTENT_LIMIT
 from bot.core import jobs, progress
-from bot.core.contracts import IncomingMessage
+from bot.core.contracts import Answer, IncomingMessage, Job
 from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
-from bot.engine import get_engine
-from bot.pipeline import commands, moderation, service
-from bot.text.formatting import utf8_len
-from tests.helpers import unique
+from bot.engine.factory import get_engine
+from bot.pipeline import commands, moderation
+from bot.pipeline.answer import answer
+from bot.pipeline.conversations import conversations
+from bot.pipeline.ingest import BUSY_TEXT, QueueFull
+from bot.pipeline.ledger import Ledger
+from bot.text.split import utf8_len
+from tests.helpers import make_job, unique
 
 
 def msg(
@@ -51,9 +55,9 @@ class Queue:
     """Stands in for the broker: these tests look at the decision, not at Celery."""
 
     def __init__(self) -> None:
-        self.jobs: list[dict] = []
+        self.jobs: list[Job] = []
 
-    def __call__(self, job: dict) -> None:
+    def __call__(self, job: Job) -> None:
         self.jobs.append(job)
 
 
@@ -121,24 +125,24 @@ def test_question_in_group_is_enqueued_in_the_askers_thread(
     m = msg("@MiMo what is 2+2?", user="alice", chat=unique("g"))
     reply = ingest(m, settings, redis_client, queue)
     [job] = queue.jobs
-    assert (job["user"], job["asker"], job["text"]) == (
+    assert (job.user, job.asker, job.text) == (
         f"g:{m.chat_id}:u:alice",
         "alice",
         "what is 2+2?",
     )
     shown = stream(reply)
-    assert (shown["id"], shown["finish"]) == (job["stream_id"], False)
+    assert (shown["id"], shown["finish"]) == (job.stream_id, False)
     assert shown["content"].startswith("> **@alice**: what is 2+2?")
     assert wecom.THINKING_TEXT in shown["content"]
-    assert jobs.get(redis_client, job["job_id"])["scope"] == job["user"]
-    state = wecom.Streams(redis_client).get(job["stream_id"])
-    assert state["job_id"] == job["job_id"]
+    assert jobs.get(redis_client, job.job_id)["scope"] == job.user
+    state = wecom.Streams(redis_client).get(job.stream_id)
+    assert state["job_id"] == job.job_id
 
 
 def test_quote_becomes_context(settings: Settings, redis_client: redis.Redis) -> None:
     queue = Queue()
     ingest(msg("@MiMo is this right?", quote="2+2=5"), settings, redis_client, queue)
-    assert queue.jobs[0]["text"] == "Quoted message:\n> 2+2=5\n\nis this right?"
+    assert queue.jobs[0].text == "Quoted message:\n> 2+2=5\n\nis this right?"
 
 
 def test_repeated_msgid_is_one_question(settings: Settings, redis_client: redis.Redis) -> None:
@@ -147,7 +151,7 @@ def test_repeated_msgid_is_one_question(settings: Settings, redis_client: redis.
     replies = [ingest(m, settings, redis_client, queue) for _ in range(3)]
     assert len(queue.jobs) == 1
     assert [r.duplicate for r in replies] == [False, True, True]
-    assert {stream(r)["id"] for r in replies} == {queue.jobs[0]["stream_id"]}
+    assert {stream(r)["id"] for r in replies} == {queue.jobs[0].stream_id}
     assert wecom.in_flight(redis_client, m.user) == 1
 
 
@@ -187,7 +191,7 @@ def test_reset_works_per_scope(
 ) -> None:
     s = settings.replace(wecom_session_scope=scope)
     chat, other = unique("g"), unique("g")
-    store = service.conversations(s, redis_client)
+    store = conversations(s, redis_client)
     threads = {
         "alice-here": f"g:{chat}:u:alice",
         "bob-here": f"g:{chat}:u:bob",
@@ -197,8 +201,8 @@ def test_reset_works_per_scope(
     if scope == "user":
         threads["alice-here"] = threads["alice-elsewhere"] = "u:alice"
     for name, thread in threads.items():
-        store.record({"job_id": unique("j"), "channel": "wecom", "user": thread, "text": name},
-                     {"answer": "ok"})  # fmt: skip
+        job = make_job(thread, name, channel="wecom", mode="stream")
+        store.record(job, Answer(job=job, answer="ok"))
     reply = ingest(msg("@MiMo /reset", user=reset_by, chat=chat), s, redis_client, Queue())
     assert stream(reply)["content"] == wecom.RESET_TEXTS[scope]
     emptied = {name for name, thread in threads.items() if not store.history("wecom", thread)}
@@ -217,7 +221,7 @@ def test_fourth_question_in_flight_gets_the_notice(
     other = ingest(msg("@MiMo me too", chat=chat), settings, redis_client, queue)
     assert not stream(other)["finish"]  # the limit is per person
     # The first answer finishes on a refresh: the person may ask again.
-    ProgressWriter(redis_client, queue.jobs[0]["job_id"]).finish("4", "")
+    ProgressWriter(redis_client, queue.jobs[0].job_id).finish("4", "")
     wecom.refresh(replies[0].stream_id, settings=settings, client=redis_client)
     again = ingest(msg("@MiMo q5", user=user, chat=chat), settings, redis_client, queue)
     assert not stream(again)["finish"]
@@ -244,22 +248,27 @@ def test_events(settings: Settings, redis_client: redis.Redis, event: str, paylo
         assert reply.payload is None
 
 
-def test_enqueue_failure_releases_message_and_slot(
+def test_enqueue_failure_keeps_the_question_and_the_retry_sends_it_once(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
-    def broken(_job: dict) -> None:
+    """The broker failed mid-publish: the job may or may not be queued, so it is kept."""
+    sent: list[Job] = []
+
+    def broken(job: Job) -> None:
+        sent.append(job)
         raise ConnectionError("broker down")
 
     m = msg(msg_id=unique("m"))
     with pytest.raises(ConnectionError):
         wecom.ingest(m, settings=settings, client=redis_client, enqueue=broken)
-    assert wecom.in_flight(redis_client, m.user) == 0
     queue = Queue()
-    reply = ingest(m, settings, redis_client, queue)  # WeCom's retry is taken
-    assert not reply.duplicate and len(queue.jobs) == 1
+    reply = ingest(m, settings, redis_client, queue)  # WeCom's retry
+    assert reply.duplicate and [j.job_id for j in queue.jobs] == [sent[0].job_id]
+    record = Ledger(redis_client).get(sent[0].key)
+    assert record is not None and record.state == "queued"
 
 
-def start(settings: Settings, client: redis.Redis, **kw: object) -> tuple[dict, wecom.Reply]:
+def start(settings: Settings, client: redis.Redis, **kw: object) -> tuple[Job, wecom.Reply]:
     queue = Queue()
     reply = ingest(msg(**kw), settings, client, queue)  # type: ignore[arg-type]
     return queue.jobs[0], reply
@@ -269,7 +278,7 @@ def test_refresh_shows_text_so_far_then_finishes_once(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     job, reply = start(settings, redis_client, user="alice")
-    sid, writer = reply.stream_id, ProgressWriter(redis_client, job["job_id"], min_interval=0)
+    sid, writer = reply.stream_id, ProgressWriter(redis_client, job.job_id, min_interval=0)
     writer.add("reasoning", "Two plus two")
     thinking = wecom.refresh(sid, settings=settings, client=redis_client)["stream"]
     assert not thinking["finish"]
@@ -287,7 +296,7 @@ def test_refresh_shows_text_so_far_then_finishes_once(
     done = wecom.refresh(sid, settings=settings, client=redis_client)["stream"]
     assert done["finish"] and done["content"].endswith("The answer is 4.")
     assert wecom.refresh(sid, settings=settings, client=redis_client)["stream"] == done
-    assert jobs.get(redis_client, job["job_id"])["via"] == "stream"
+    assert jobs.get(redis_client, job.job_id)["via"] == "stream"
     posted: list[tuple[str, str]] = []
     outcome = wecom.check_stream(
         sid, settings=settings, client=redis_client, post=lambda *a: posted.append(a)
@@ -310,7 +319,7 @@ def test_answer_ready_without_refresh_goes_to_response_url_once(
         )
 
     assert check() == "pending"
-    ProgressWriter(redis_client, job["job_id"]).finish("Four.", "reasoning")
+    ProgressWriter(redis_client, job.job_id).finish("Four.", "reasoning")
     assert [check(), check()] == ["posted", "posted"]
     [(url, content)] = posted
     assert url.endswith("response_code=abc")
@@ -325,7 +334,7 @@ def test_failed_post_is_retried_without_losing_the_claim(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     job, reply = start(settings, redis_client)
-    ProgressWriter(redis_client, job["job_id"]).finish("Four.", "")
+    ProgressWriter(redis_client, job.job_id).finish("Four.", "")
 
     def down(_url: str, _content: str) -> None:
         raise ConnectionError("response_url unreachable")
@@ -346,7 +355,7 @@ def test_stream_window_closes_the_stream_and_hands_over(
 ) -> None:
     s = settings.replace(wecom_stream_window=0.0)
     job, reply = start(s, redis_client, user="carol")
-    ProgressWriter(redis_client, job["job_id"], min_interval=0).add("answer", "Partial")
+    ProgressWriter(redis_client, job.job_id, min_interval=0).add("answer", "Partial")
     closed = wecom.refresh(reply.stream_id, settings=s, client=redis_client)["stream"]
     assert closed["finish"]
     assert "Partial" in closed["content"] and closed["content"].endswith(wecom.HANDOVER_NOTE)
@@ -359,7 +368,7 @@ def test_stream_window_closes_the_stream_and_hands_over(
         )
 
     assert check() == "pending"
-    ProgressWriter(redis_client, job["job_id"]).finish("Partial answer, now complete.", "")
+    ProgressWriter(redis_client, job.job_id).finish("Partial answer, now complete.", "")
     assert check() == "posted"
     assert posted[0][1].endswith("Partial answer, now complete.")
     again = wecom.refresh(reply.stream_id, settings=s, client=redis_client)["stream"]
@@ -371,7 +380,7 @@ def test_check_without_response_url_or_state(settings: Settings, redis_client: r
     m = msg()
     m.response_url = ""
     reply = ingest(m, settings, redis_client, queue)
-    ProgressWriter(redis_client, queue.jobs[0]["job_id"]).finish("x", "")
+    ProgressWriter(redis_client, queue.jobs[0].job_id).finish("x", "")
     args = {"settings": settings, "client": redis_client, "post": lambda *a: None}
     assert wecom.check_stream(reply.stream_id, **args) == "no_url"
     assert wecom.check_stream(unique("nostream"), **args) == "gone"
@@ -403,9 +412,9 @@ def test_answer_with_the_tiny_engine_lands_in_the_scope_thread(
     settings: Settings, redis_client: redis.Redis
 ) -> None:
     job, reply = start(settings, redis_client, user="erin", chat="g-tiny-" + unique(""))
-    service.answer(job, settings=settings, client=redis_client, engine=get_engine(settings))
-    assert progress.read(redis_client, job["job_id"])["state"] == "done"
-    history = service.conversations(settings, redis_client).history("wecom", job["user"])
+    answer(job, settings=settings, client=redis_client, engine=get_engine(settings))
+    assert progress.read(redis_client, job.job_id)["state"] == "done"
+    history = conversations(settings, redis_client).history("wecom", job.user)
     assert [m["role"] for m in history] == ["user", "assistant"]
     final = wecom.refresh(reply.stream_id, settings=settings, client=redis_client)["stream"]
     assert final["finish"] and final["content"].endswith(history[1]["content"])
@@ -420,10 +429,10 @@ def test_blocked_person_and_full_queue_get_a_notice_and_no_job(
     blocked = ingest(msg(user=user), settings, redis_client, queue)
     assert (stream(blocked)["content"], queue.jobs) == (moderation.BLOCKED_TEXT, [])
 
-    def full(_job: dict) -> None:
-        raise service.QueueFull("9 waiting, limit 9")
+    def full(_job: Job) -> None:
+        raise QueueFull("9 waiting, limit 9")
 
     other = unique("u")
     busy = wecom.ingest(msg(user=other), settings=settings, client=redis_client, enqueue=full)
-    assert (stream(busy)["content"], stream(busy)["finish"]) == (service.BUSY_TEXT, True)
+    assert (stream(busy)["content"], stream(busy)["finish"]) == (BUSY_TEXT, True)
     assert wecom.in_flight(redis_client, other) == 0

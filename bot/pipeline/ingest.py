@@ -1,0 +1,254 @@
+"""Ingest: take a message in — ledger record, commands, enqueue — before the webhook acknowledges.
+
+Adapters pass enqueueing in as a callable, so this module never imports Celery. The record is
+created (with the dedupe) before anything else, and the job is written into it before it is
+enqueued: whatever line fails, a retry of the message or the sweeper finds where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from bot.channels.wechat import reply_mode
+from bot.channels.wechat.mailbox import Mailbox, is_continue
+from bot.core import jobs, logs
+from bot.core.contracts import IncomingMessage, Job, ReplyMode, message_key, new_id
+from bot.core.settings import Settings
+from bot.pipeline import commands, moderation
+from bot.pipeline.conversations import conversations
+from bot.pipeline.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[Job], None]
+REDECIDE_AFTER = 2.0  # seconds: a first try still "received" with no decision this late died
+
+BUSY_TEXT = (
+    "I'm answering a lot of questions right now. Please ask again in a minute. "
+    "现在提问的人太多了，请一分钟后再问我一次。"
+)
+
+
+class QueueFull(Exception):
+    """Raised by an enqueue function when too many questions already wait for a GPU."""
+
+
+@dataclass
+class Decision:
+    """What ingest decided for one message (or one retry of it)."""
+
+    reply: str | None = None  # text to answer at once, needing no model
+    job: Job | None = None  # the job enqueued now (first try only)
+    job_id: str | None = None  # the message's job, also known to retries
+    duplicate: bool = False
+    attempt: int = 1  # 1 for the platform's first try, 2.. for its retries
+    take_pending: bool = False  # the user asked for the next waiting part
+    busy: bool = False  # the queue was full: the reply says so and nothing was enqueued
+    reply_mode: str = ""  # how the answer goes back (decided once, carried in the job)
+    key: str = ""  # the message's ledger identity
+
+
+def ingest(
+    message: IncomingMessage, *, settings: Settings, client: redis.Redis, enqueue: Enqueue
+) -> Decision:
+    """Record, deduplicate, answer what needs no model, and enqueue the rest (before acking).
+
+    Retries of one message get the first try's decision back: the same job, the same reply.
+    """
+    logs.bind(request_id=message.request_id)
+    logs.stage(
+        "received",
+        channel=message.channel,
+        user=message.user,
+        kind=message.kind,
+        msg_id=message.msg_id,
+        text=message.content,
+    )
+    ledger = Ledger(client)
+    msg_key = message_key(message.channel, message.dedup_key)
+    created, tries = ledger.claim(
+        msg_key,
+        channel=message.channel,
+        user=message.user,
+        kind=message.kind,
+        msg_id=message.msg_id,
+        job_id=new_id(),
+        request_id=message.request_id,
+    )
+    if not created:
+        log.info("retry %d of %s message %s", tries, message.channel, message.dedup_key)
+        return _earlier(message, msg_key, tries, settings, client, ledger, enqueue)
+    decision = _decide_or_release(message, msg_key, settings, client, ledger, enqueue)
+    decision.attempt = tries
+    return decision
+
+
+def _decide_or_release(
+    message: IncomingMessage,
+    msg_key: str,
+    settings: Settings,
+    client: redis.Redis,
+    ledger: Ledger,
+    enqueue: Enqueue,
+) -> Decision:
+    try:
+        decision = _decide(message, msg_key, settings, client, ledger, enqueue)
+    except Exception:
+        # Not acknowledged: the platform retries. A job that may be in the queue keeps its
+        # record (the retry re-sends the same job; the worker runs it once); otherwise the
+        # retry starts anew.
+        try:
+            record = ledger.get(msg_key)
+            if record is not None and "job" not in record.fields:
+                ledger.forget(msg_key)
+        except redis.RedisError:
+            pass  # the sweeper finds the record past its deadline
+        raise
+    if decision.busy:
+        # Not enqueued, so not seen: a retry of this message may go through once there is room.
+        ledger.forget(msg_key)
+    return decision
+
+
+def _earlier(
+    message: IncomingMessage,
+    msg_key: str,
+    tries: int,
+    settings: Settings,
+    client: redis.Redis,
+    ledger: Ledger,
+    enqueue: Enqueue,
+) -> Decision:
+    record = ledger.get(msg_key)
+    if record is None:  # expired between the claim and now: treat as new
+        return Decision(duplicate=True, attempt=tries)
+    fields = record.fields
+    job = record.job
+    mode = fields.get("reply_mode", "")
+    if "reply" in fields:
+        return Decision(
+            reply=fields["reply"] or None,
+            duplicate=True,
+            attempt=tries,
+            key=msg_key,
+            take_pending=fields.get("take_pending") == "1",
+        )
+    if record.state == "received" and job is not None:
+        # The first try failed after writing its job (the webhook said 503): send it again.
+        # If it had reached the queue, the worker finds the record moving and runs it once.
+        enqueue(job)
+        ledger.move(msg_key, "queued", since=("received",))
+    elif record.state == "received" and _stale(fields):
+        log.warning("message %s: the first try died before deciding; deciding now", msg_key)
+        decision = _decide_or_release(message, msg_key, settings, client, ledger, enqueue)
+        decision.attempt = tries
+        return decision
+    return Decision(
+        job_id=fields.get("job_id"), duplicate=True, attempt=tries, reply_mode=mode, key=msg_key
+    )
+
+
+def _stale(fields: dict[str, str]) -> bool:
+    return time.time() - float(fields.get("updated_at") or 0) > REDECIDE_AFTER
+
+
+def _decide(
+    message: IncomingMessage,
+    msg_key: str,
+    settings: Settings,
+    client: redis.Redis,
+    ledger: Ledger,
+    enqueue: Enqueue,
+) -> Decision:
+    def at_once(text: str | None) -> Decision:
+        ledger.move(msg_key, "delivered", since=("received",), reply=text or "", via="immediate")
+        return Decision(reply=text, key=msg_key)
+
+    store = conversations(settings, client)
+    if message.kind != "event" and moderation.is_blocked(client, message.channel, message.user):
+        return at_once(moderation.BLOCKED_TEXT)
+    if message.channel == "wechat" and message.event != "unsubscribe":
+        reply_mode.ServiceWindow(settings, client, message.user).open()
+    if message.kind == "event":
+        if message.event == "subscribe":
+            return at_once(commands.WELCOME_TEXT)
+        if message.event == "unsubscribe":
+            store.reset(message.channel, message.user)
+        return at_once(None)
+    if message.kind == "image":
+        return at_once(commands.IMAGE_TEXT)
+    if message.kind not in ("text", "voice"):
+        return at_once(None)
+    if not message.content:
+        return at_once(commands.EMPTY_VOICE_TEXT if message.kind == "voice" else None)
+    command = commands.match_command(message.content)
+    if command == "help":
+        return at_once(commands.HELP_TEXT)
+    if command == "reset":
+        store.reset(message.channel, message.user)
+        return at_once(commands.RESET_TEXT)
+    box = Mailbox(client, message.channel, message.user, settings.pending_ttl)
+    if is_continue(message.content) and box.size():
+        ledger.move(msg_key, "delivered", since=("received",), reply="", take_pending=1)
+        return Decision(take_pending=True, key=msg_key)
+    mode: ReplyMode = (
+        "passive"
+        if reply_mode.effective(settings, client) == reply_mode.PASSIVE
+        else "customer_service"
+    )
+    record = ledger.get(msg_key)
+    job = make_job(message, msg_key, record.fields["job_id"] if record else new_id(), mode)
+    return enqueue_job(job, ledger, client, enqueue, kind=message.kind)
+
+
+def enqueue_job(
+    job: Job, ledger: Ledger, client: redis.Redis, enqueue: Enqueue, kind: str = "text"
+) -> Decision:
+    """Write the job into its record, enqueue it, mark it queued; a full queue says busy."""
+    ledger.move(job.key, "received", since=("received",), job=job, reply_mode=job.reply_mode)
+    try:
+        enqueue(job)
+    except QueueFull as exc:
+        logs.stage("busy", channel=job.channel, user=job.user, reason=str(exc))
+        return Decision(reply=BUSY_TEXT, busy=True, key=job.key)
+    ledger.move(job.key, "queued", since=("received",))
+    jobs.record(
+        client,
+        job.job_id,
+        "received",
+        channel=job.channel,
+        user=job.asker or job.user,
+        kind=kind,
+        msg_id=job.msg_id,
+        text=job.text[:500],
+        key=job.key,
+        **(
+            {"scope": job.user, "chat_id": job.chat_id, "stream_id": job.stream_id}
+            if job.stream_id
+            else {}
+        ),
+    )
+    return Decision(job=job, job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
+
+
+def make_job(
+    message: IncomingMessage, msg_key: str, job_id: str | None = None, mode: ReplyMode = "passive"
+) -> Job:
+    """The small typed job that crosses the queue for one question."""
+    return Job(
+        key=msg_key,
+        job_id=job_id or new_id(),
+        request_id=message.request_id,
+        channel=message.channel,
+        user=message.user,
+        account=message.account,
+        text=message.content,
+        msg_id=message.msg_id,
+        received_at=message.received_at,
+        reply_mode=mode,
+    )

@@ -1,0 +1,268 @@
+"""The message ledger: one Redis record per accepted message that owns its state.
+
+received → queued → generating (held by a named worker) → answered → delivering →
+delivered | parked | apologized. The record is created in the same atomic step as the dedupe
+(a retry of the message finds it), every transition is one Lua script conditional on the state
+before it, and every non-final state carries a deadline, so the sweeper can find whatever is
+stuck. Celery's visibility timeout is only a backstop behind this.
+
+Indexes: `ledger:due` (sorted by deadline: records in a non-final state) and
+`ledger:state:<state>` (sorted by last change, capped: what the console lists).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from bot.core.contracts import Job
+from bot.core.store import key
+
+STATES = (
+    "received",
+    "queued",
+    "generating",
+    "answered",
+    "delivering",
+    "delivered",
+    "parked",
+    "apologized",
+)
+FINAL = frozenset({"delivered", "parked", "apologized"})
+RECORD_TTL = 2 * 86400  # longer than any platform retries a message; the console's recent past
+STATE_INDEX_MAX = 1000  # records listed per state in the console
+
+# Seconds a record may stay in a state before the sweeper moves it on (shipped defaults).
+DEADLINES = {
+    "received": 30.0,  # the webhook enqueues within milliseconds; 30 s means it died mid-way
+    "queued": 900.0,  # waiting for a GPU; the job is re-sent (duplicates stop at the ledger)
+    "generating": 900.0,  # past the generation timeout; a dead holder is found much sooner
+    "answered": 30.0,  # the hand-over to delivery is immediate
+    "delivering": 600.0,  # longer than the delivery task's own retries
+}
+
+
+def record_key(msg_key: str) -> str:
+    """Where a message's record lives."""
+    return key("msg", msg_key)
+
+
+_DUE = key("ledger", "due")
+
+
+def _state_index(state: str) -> str:
+    return key("ledger", "state", state)
+
+
+# KEYS: record, due, state-index prefix. ARGV: id, now, ttl, deadline, index max, then pairs.
+_CLAIM = """
+local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
+if tries > 1 then
+  return {0, tries}
+end
+local id, now, ttl, deadline, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+redis.call('HSET', KEYS[1], 'state', 'received', 'created_at', now, 'updated_at', now,
+  'deadline', deadline, 'attempts', 0)
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], deadline, id)
+redis.call('ZADD', KEYS[3] .. 'received', now, id)
+redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'received', 0, -tonumber(keep) - 1)
+return {1, tries}
+"""
+
+# KEYS: record, due, state-index prefix.
+# ARGV: id, to, now, deadline ('' = final), ttl, index max, n_from, from..., n_checks,
+#       (field, value)..., then (field, value) pairs to set. '*' in from = any non-final state.
+_MOVE = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+local id, to, now, deadline, ttl, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local i = 7
+local n_from = tonumber(ARGV[i]); i = i + 1
+local ok = false
+for j = 1, n_from do
+  local s = ARGV[i]; i = i + 1
+  if s == cur then ok = true end
+  if s == '*' and cur ~= 'delivered' and cur ~= 'parked' and cur ~= 'apologized' then ok = true end
+end
+local n_checks = tonumber(ARGV[i]); i = i + 1
+for j = 1, n_checks do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then ok = false end
+  i = i + 2
+end
+if not ok then return {0, cur} end
+redis.call('HSET', KEYS[1], 'state', to, 'updated_at', now)
+while i <= #ARGV do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+if deadline == '' then
+  redis.call('HDEL', KEYS[1], 'deadline')
+  redis.call('ZREM', KEYS[2], id)
+else
+  redis.call('HSET', KEYS[1], 'deadline', deadline)
+  redis.call('ZADD', KEYS[2], deadline, id)
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ttl))
+if cur ~= to then redis.call('ZREM', KEYS[3] .. cur, id) end
+redis.call('ZADD', KEYS[3] .. to, now, id)
+redis.call('ZREMRANGEBYRANK', KEYS[3] .. to, 0, -tonumber(keep) - 1)
+return {1, cur}
+"""
+
+
+@dataclass
+class Record:
+    """A message's record as read from Redis."""
+
+    key: str
+    state: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def job(self) -> Job | None:
+        """The job the message became, once decided (None for commands and events)."""
+        raw = self.fields.get("job")
+        return Job.from_wire(raw) if raw else None
+
+    @property
+    def attempts(self) -> int:
+        """How many times the sweeper has moved this message on."""
+        return int(self.fields.get("attempts") or 0)
+
+    @property
+    def worker(self) -> str:
+        """`hostname:pid` of the worker generating it (while generating)."""
+        return self.fields.get("worker", "")
+
+    @property
+    def deadline(self) -> float | None:
+        """When the sweeper moves it on (None in a final state)."""
+        raw = self.fields.get("deadline")
+        return float(raw) if raw else None
+
+    def view(self) -> dict[str, Any]:
+        """What the console shows: the state, reason, times, attempts (no job body)."""
+        shown = {k: v for k, v in self.fields.items() if k not in ("job", "reply")}
+        return {"key": self.key, **shown}
+
+
+@dataclass
+class Moved:
+    """The outcome of a conditional transition: whether it happened, and the state before."""
+
+    ok: bool
+    was: str
+
+
+class Ledger:
+    """The records of every accepted message, on one Redis."""
+
+    def __init__(self, client: redis.Redis, deadlines: dict[str, float] | None = None) -> None:
+        self.redis = client
+        self.deadlines = {**DEADLINES, **(deadlines or {})}
+        self._claim = client.register_script(_CLAIM)
+        self._move = client.register_script(_MOVE)
+
+    def deadline(self, state: str, now: float | None = None) -> float:
+        """When a record entering `state` now is due for the sweeper."""
+        return (now or time.time()) + self.deadlines[state]
+
+    def claim(self, msg_key: str, **fields: Any) -> tuple[bool, int]:
+        """Create the record in `received` unless it exists; (created, how many tries so far)."""
+        now = time.time()
+        args: list[Any] = [
+            msg_key,
+            f"{now:.3f}",
+            RECORD_TTL,
+            f"{self.deadline('received', now):.3f}",
+            STATE_INDEX_MAX,
+        ]
+        for name, value in fields.items():
+            if value is not None:
+                args += [name, _text(value)]
+        created, tries = self._claim(keys=self._keys(msg_key), args=args)
+        return bool(created), int(tries)
+
+    def move(
+        self,
+        msg_key: str,
+        to: str,
+        *,
+        since: tuple[str, ...] = ("*",),
+        when: dict[str, str] | None = None,
+        deadline: float | None = None,
+        **fields: Any,
+    ) -> Moved:
+        """Move to `to` if the state is one of `since` (and fields match `when`); atomic.
+
+        A non-final target gets its state's deadline unless one is given; a final one leaves
+        the sweeper's index.
+        """
+        if to not in STATES:
+            raise ValueError(f"unknown ledger state {to!r}")
+        now = time.time()
+        due = "" if to in FINAL else f"{deadline or self.deadline(to, now):.3f}"
+        args: list[Any] = [msg_key, to, f"{now:.3f}", due, RECORD_TTL, STATE_INDEX_MAX]
+        args += [len(since), *since]
+        checks = when or {}
+        args.append(len(checks))
+        for name, value in checks.items():
+            args += [name, value]
+        for name, value in fields.items():
+            if value is not None:
+                args += [name, _text(value)]
+        ok, was = self._move(keys=self._keys(msg_key), args=args)
+        return Moved(bool(ok), was.decode() if isinstance(was, bytes) else str(was))
+
+    def get(self, msg_key: str) -> Record | None:
+        """The record, or None if there is none (never accepted, forgotten or expired)."""
+        data = self.redis.hgetall(record_key(msg_key))
+        if not data or "state" not in data:
+            return None
+        return Record(msg_key, data["state"], data)
+
+    def forget(self, msg_key: str) -> None:
+        """Drop a record whose message was not accepted (the platform's retry starts anew)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(record_key(msg_key))
+            pipe.zrem(_DUE, msg_key)
+            for state in STATES:
+                pipe.zrem(_state_index(state), msg_key)
+            pipe.execute()
+
+    def due(self, now: float | None = None, limit: int = 100) -> list[str]:
+        """Records past their deadline, oldest first."""
+        return list(self.redis.zrangebyscore(_DUE, "-inf", now or time.time(), 0, limit))
+
+    def in_state(self, state: str, limit: int = 100) -> list[str]:
+        """The newest records in a state (the console's lists; the sweeper's view of holders)."""
+        return list(self.redis.zrevrange(_state_index(state), 0, max(0, limit - 1)))
+
+    def counts(self) -> dict[str, int]:
+        """Records per state (capped at the index size), for the console and /metrics."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for state in STATES:
+                pipe.zcard(_state_index(state))
+            sizes = pipe.execute()
+        return dict(zip(STATES, (int(n) for n in sizes), strict=True))
+
+    @staticmethod
+    def _keys(msg_key: str) -> list[str]:
+        return [record_key(msg_key), _DUE, _state_index("")]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    if hasattr(value, "model_dump_json"):
+        return str(value.model_dump_json())
+    return str(value)
