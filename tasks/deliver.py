@@ -23,8 +23,6 @@ from tasks.names import DELIVER, IO_QUEUE, TYPING, WECOM_CHECK
 
 log = logging.getLogger(__name__)
 
-MAX_RETRIES = 8
-
 
 class Retry(Exception):
     """A transient platform failure: Celery retries the task with backoff."""
@@ -32,11 +30,7 @@ class Retry(Exception):
 
 def register(app: Celery, settings: Settings) -> None:
     """Define the delivery tasks on `app`."""
-    options = {
-        **dispatch.RETRY_OPTIONS,
-        "autoretry_for": (*dispatch.TRANSIENT, Retry),
-        "max_retries": MAX_RETRIES,
-    }
+    options = {**dispatch.retry_options(settings), "autoretry_for": (*dispatch.TRANSIENT, Retry)}
 
     def undelivered(
         task: Task, exc: BaseException, _id: str, args: tuple, _kw: dict, _e: Any
@@ -64,7 +58,7 @@ def register(app: Celery, settings: Settings) -> None:
                 result, settings=settings, client=client, api=runtime.wechat_api(settings)
             )
         except WeChatAPIError as exc:
-            retry = exc.transient and self.request.retries < MAX_RETRIES
+            retry = exc.transient and self.request.retries < settings.task_retries
             metrics.delivery_error(exc.code, final=not retry)
             if retry:
                 log.warning("delivery of job %s failed (%s), retrying", result.job_id, exc)

@@ -17,12 +17,17 @@ log = logging.getLogger(__name__)
 
 # Transient failures a task retries with Celery's own backoff (Redis, the network).
 TRANSIENT: tuple[type[BaseException], ...] = (redis.RedisError, ConnectionError, TimeoutError)
-RETRY_OPTIONS = {
-    "autoretry_for": TRANSIENT,
-    "retry_backoff": True,
-    "retry_backoff_max": 60,
-    "retry_jitter": True,
-}
+
+
+def retry_options(settings: Settings) -> dict[str, object]:
+    """Celery's own retries for transient failures: doubling waits with jitter, bounded."""
+    return {
+        "autoretry_for": TRANSIENT,
+        "retry_backoff": True,
+        "retry_backoff_max": settings.retry_backoff_max,
+        "retry_jitter": True,
+        "max_retries": settings.task_retries,
+    }
 
 
 def requeue(app: Celery, job: Job) -> None:

@@ -22,7 +22,6 @@ from tasks import dispatch, runtime
 from tasks.names import GENERATE, IO_QUEUE, TYPING, WECOM_GENERATE
 
 log = logging.getLogger(__name__)
-MAX_RETRIES = 5
 
 
 def read_job(settings: Settings, payload: Any) -> Job | None:
@@ -82,7 +81,7 @@ def register(app: Celery, settings: Settings) -> None:
             metrics.generation_done(result)
         dispatch.deliver(app, settings, client, result)
 
-    options = {**dispatch.RETRY_OPTIONS, "max_retries": MAX_RETRIES, "on_failure": failed}
+    options = {**dispatch.retry_options(settings), "on_failure": failed}
 
     @app.task(name=GENERATE, bind=True, acks_late=True, **options)
     def generate(self: Task, payload: Any) -> None:

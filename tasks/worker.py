@@ -25,8 +25,8 @@ from bot.core.settings import load_or_exit
 from bot.pipeline.sweeper import Sweeper, worker_id
 from tasks import dispatch, runtime
 from tasks.celery_app import make_celery
-from tasks.names import GPU_QUEUE
 from tasks.heartbeat import Heartbeat
+from tasks.names import GPU_QUEUE
 from tasks.shutdown import ShutdownBound
 
 # Bad settings stop the worker here, named, before Celery connects or loads a model.

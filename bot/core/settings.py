@@ -213,8 +213,41 @@ class Settings(BaseSettings):
     )
     wechat_timeout: float = setting(
         "MIMOCHAT_WECHAT_TIMEOUT",
-        10.0,
-        "Seconds one WeChat API call may take before it fails.",
+        30.0,
+        "Seconds one WeChat API call may take before it fails (generous: a send that times out "
+        "after reaching WeChat is marked uncertain, never resent).",
+        gt=0,
+    )
+    # The message ledger and its sweeper
+    sweep_interval: float = setting(
+        "MIMOCHAT_SWEEP_INTERVAL",
+        5.0,
+        "Seconds between the sweeper's passes over stuck messages.",
+        gt=0,
+    )
+    max_attempts: int = setting(
+        "MIMOCHAT_MAX_ATTEMPTS",
+        3,
+        "Times the sweeper requeues or redelivers one message before the apology (or parking).",
+        ge=0,
+    )
+    stuck_after: float = setting(
+        "MIMOCHAT_STUCK_AFTER",
+        900.0,
+        "Seconds a message may wait queued, generate or be delivered before the sweeper moves "
+        "it on (a dead worker's message is found by its heartbeat, much sooner).",
+        gt=0,
+    )
+    task_retries: int = setting(
+        "MIMOCHAT_TASK_RETRIES",
+        8,
+        "Retries of a task after a transient failure (Redis, network, platform 5xx).",
+        ge=0,
+    )
+    retry_backoff_max: int = setting(
+        "MIMOCHAT_RETRY_BACKOFF_MAX",
+        60,
+        "Longest wait in seconds between two retries (waits double from 1 s, with jitter).",
         gt=0,
     )
     # Conversations

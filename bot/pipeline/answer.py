@@ -54,7 +54,7 @@ def answer(
     job: Job, *, settings: Settings, client: redis.Redis, engine: Engine, worker: str = ""
 ) -> Answer | None:
     """Generate (once) the answer to a job and record the turn; None if another try owns it."""
-    ledger = Ledger(client)
+    ledger = Ledger(client, settings)
     if not start(ledger, job, worker):
         return None
     store = conversations(settings, client)

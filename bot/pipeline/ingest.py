@@ -69,7 +69,7 @@ def ingest(
         msg_id=message.msg_id,
         text=message.content,
     )
-    ledger = Ledger(client)
+    ledger = Ledger(client, settings)
     msg_key = message_key(message.channel, message.dedup_key)
     created, tries = ledger.claim(
         msg_key,

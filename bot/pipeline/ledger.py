@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from bot.core.contracts import Job
+from bot.core.settings import Settings
 from bot.core.store import key
 
 STATES = (
@@ -162,9 +163,12 @@ class Moved:
 class Ledger:
     """The records of every accepted message, on one Redis."""
 
-    def __init__(self, client: redis.Redis, deadlines: dict[str, float] | None = None) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings | None = None) -> None:
         self.redis = client
-        self.deadlines = {**DEADLINES, **(deadlines or {})}
+        self.deadlines = dict(DEADLINES)
+        if settings is not None:
+            stuck = settings.stuck_after
+            self.deadlines.update(queued=stuck, generating=stuck, delivering=stuck)
         self._claim = client.register_script(_CLAIM)
         self._move = client.register_script(_MOVE)
 

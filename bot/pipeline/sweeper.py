@@ -3,7 +3,7 @@
 Every worker runs one (a daemon thread); a Redis lease lets one sweep at a time. A record is
 stuck when it is past its state's deadline, or when it is `generating` in a worker whose
 heartbeat is gone (or belongs to a new process under the same name: a restarted worker).
-Attempts are bounded: after `max_attempts` a question gets the apology and an answer that
+Attempts are bounded: after MIMOCHAT_MAX_ATTEMPTS a question gets the apology and an answer that
 cannot be delivered is parked for the user's next message.
 """
 
@@ -31,9 +31,7 @@ from bot.pipeline.ledger import Ledger, Record
 
 log = logging.getLogger(__name__)
 
-INTERVAL = 5.0  # seconds between sweeps
 LEASE_SECONDS = 15  # a sweeper that died lets another take over within this
-MAX_ATTEMPTS = 3  # requeues or redeliveries of one message before apology or parking
 LEASE_KEY = key("sweeper", "lease")
 
 
@@ -60,11 +58,11 @@ def sweep(
     settings: Settings,
     actions: Actions,
     *,
-    max_attempts: int = MAX_ATTEMPTS,
     now: float | None = None,
 ) -> list[tuple[str, str, str]]:
     """One pass: (message key, state it was stuck in, what was done) for each record moved."""
-    ledger = Ledger(client)
+    ledger = Ledger(client, settings)
+    max_attempts = settings.max_attempts
     now = now or time.time()
     stuck = set(ledger.due(now, limit=200))
     alive = holders_alive(client)
@@ -160,13 +158,12 @@ class Sweeper:
         settings: Settings,
         actions: Actions,
         owner: str,
-        interval: float = INTERVAL,
     ) -> None:
         self.client = client
         self.settings = settings
         self.actions = actions
         self.owner = owner
-        self.interval = interval
+        self.interval = settings.sweep_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mimochat-sweeper", daemon=True)
 
@@ -177,7 +174,8 @@ class Sweeper:
     def stop(self) -> None:
         """Stop and give the lease back."""
         self._stop.set()
-        self._thread.join(timeout=self.interval + 5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.interval + 5)
         try:
             if self.client.get(LEASE_KEY) == self.owner:
                 self.client.delete(LEASE_KEY)

@@ -64,7 +64,7 @@ def deliver(result: Answer, *, settings: Settings, client: redis.Redis, api: WeC
     uncertain and never resent.
     """
     job = result.job
-    ledger = Ledger(client)
+    ledger = Ledger(client, settings)
     moved = ledger.move(job.key, "delivering", since=("*",))
     if not moved.ok and moved.was in FINAL:
         log.info("job %s: message %s already %s", job.job_id, job.key, moved.was)
@@ -79,24 +79,29 @@ def deliver(result: Answer, *, settings: Settings, client: redis.Redis, api: WeC
     window = reply_mode.ServiceWindow(settings, client, job.user)
     outcome = Outcome(parts=len(parts))
     for index, part in enumerate(parts):
-        if str(index) in already:
+        mark = already.get(str(index), "")
+        if mark.startswith("sending"):
+            # The last try died between asking WeChat and hearing back: it may be shown.
+            _uncertain(client, job, sent_key, index, outcome)
+            continue
+        if mark:
             continue
         left = window.remaining()
         if left == 0:
             return park(client, box, result, pieces[index:], "no sends left in the window")
         more = len(parts) - index - 1
         text = f"{part}\n\n{MORE_HINT.format(n=more)}" if left == 1 and more else part
+        # Written ahead: if this process or Redis dies after WeChat took the part, the retry
+        # finds "sending" and does not send it again (at most once, and counted if unsure).
+        client.hset(sent_key, str(index), f"sending {time.time():.3f}")
+        client.expire(sent_key, SENT_TTL)
         try:
             api.send_text(job.user, text)
         except WeChatAPIError as exc:
             if exc.uncertain:
-                # WeChat may have shown it: never sent twice blindly. Counted and listed.
-                client.hset(sent_key, str(index), f"uncertain {time.time():.3f}")
-                client.expire(sent_key, SENT_TTL)
-                metrics.UNCERTAIN_SENDS.labels(job.channel).inc()
-                jobs.record(client, job.job_id, "uncertain", part=index)
-                outcome.uncertain += 1
+                _uncertain(client, job, sent_key, index, outcome)
                 continue
+            client.hdel(sent_key, str(index))  # WeChat answered: certainly not shown
             if exc.code not in PARK_CODES:
                 raise
             if exc.code == 48001:
@@ -104,7 +109,6 @@ def deliver(result: Answer, *, settings: Settings, client: redis.Redis, api: WeC
             return park(client, box, result, pieces[index:], f"{exc.code}: {PARK_CODES[exc.code]}")
         # Recorded right after WeChat accepted it, so a retry resumes after this part.
         client.hset(sent_key, str(index), f"{time.time():.3f}")
-        client.expire(sent_key, SENT_TTL)
         window.used_one()
         outcome.sent_now += 1
     final = "apologized" if result.apology else "delivered"
@@ -120,6 +124,17 @@ def deliver(result: Answer, *, settings: Settings, client: redis.Redis, api: WeC
     )
     outcome.delivered_at = time.time()
     return outcome
+
+
+def _uncertain(client: redis.Redis, job: Job, sent_key: str, index: int, outcome: Outcome) -> None:
+    """A part WeChat may have shown: never sent twice blindly; counted and listed."""
+    client.hset(sent_key, str(index), f"uncertain {time.time():.3f}")
+    metrics.UNCERTAIN_SENDS.labels(job.channel).inc()
+    jobs.record(client, job.job_id, "uncertain", part=index)
+    log.warning(
+        "job %s: part %d may or may not have reached the user: not resent", job.job_id, index
+    )
+    outcome.uncertain += 1
 
 
 def park(

@@ -1,0 +1,90 @@
+"""The message ledger on a real Redis: one record per message, conditional atomic moves."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from bot.pipeline.ledger import Ledger
+from tests.helpers import make_job, unique
+
+
+def test_claim_creates_one_record_and_counts_tries(redis_client: redis.Redis) -> None:
+    ledger, msg_key = Ledger(redis_client), unique("wechat:")
+    assert ledger.claim(msg_key, channel="wechat", user="u") == (True, 1)
+    assert ledger.claim(msg_key, channel="wechat", user="u") == (False, 2)
+    record = ledger.get(msg_key)
+    assert record is not None and record.state == "received" and record.fields["user"] == "u"
+    assert msg_key in ledger.in_state("received")
+
+
+@pytest.mark.parametrize(
+    ("since", "when", "to", "ok"),
+    [
+        (("received",), None, "queued", True),
+        (("queued",), None, "generating", False),  # not in that state
+        (("*",), None, "delivered", True),
+        (("received",), {"worker": "w1"}, "generating", False),  # guard does not hold
+        (("received", "queued"), {"user": "u"}, "generating", True),
+    ],
+)
+def test_moves_are_conditional(
+    redis_client: redis.Redis, since: tuple[str, ...], when: dict | None, to: str, ok: bool
+) -> None:
+    ledger, msg_key = Ledger(redis_client), unique("wechat:")
+    ledger.claim(msg_key, user="u")
+    moved = ledger.move(msg_key, to, since=since, when=when)
+    assert (moved.ok, moved.was) == (ok, "received")
+    record = ledger.get(msg_key)
+    assert record is not None and record.state == (to if ok else "received")
+
+
+def test_final_states_leave_the_sweepers_index(redis_client: redis.Redis) -> None:
+    ledger, msg_key = Ledger(redis_client), unique("wechat:")
+    ledger.claim(msg_key)
+    assert msg_key in ledger.due(now=1e12, limit=10_000)
+    ledger.move(msg_key, "delivered")
+    assert msg_key not in ledger.due(now=1e12, limit=10_000)
+    assert ledger.move(msg_key, "queued").ok is False  # nothing moves a final record (with "*")
+    record = ledger.get(msg_key)
+    assert record is not None and record.deadline is None
+
+
+def test_unknown_record_and_state(redis_client: redis.Redis) -> None:
+    ledger = Ledger(redis_client)
+    assert ledger.move(unique("wechat:"), "queued").was == ""
+    with pytest.raises(ValueError, match="unknown ledger state"):
+        ledger.move(unique("wechat:"), "lost")
+
+
+def test_the_job_travels_in_the_record(redis_client: redis.Redis) -> None:
+    ledger, job = Ledger(redis_client), make_job(unique())
+    ledger.claim(job.key)
+    ledger.move(job.key, "queued", job=job)
+    record = ledger.get(job.key)
+    assert record is not None and record.job == job
+
+
+@pytest.mark.parametrize("racers", [2, 16])
+def test_concurrent_claims_and_moves_have_one_winner(
+    redis_client: redis.Redis, racers: int
+) -> None:
+    ledger, msg_key = Ledger(redis_client), unique("wechat:")
+    claims: list[bool] = []
+    moves: list[bool] = []
+    start = threading.Barrier(racers)
+
+    def race(n: int) -> None:
+        start.wait()
+        claims.append(ledger.claim(msg_key)[0])
+        moves.append(ledger.move(msg_key, "generating", since=("received",), worker=f"w{n}").ok)
+
+    threads = [threading.Thread(target=race, args=(n,)) for n in range(racers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert claims.count(True) == 1
+    assert moves.count(True) == 1
