@@ -34,15 +34,20 @@ def test_url_check_as_wecom_does_it(live_sandbox: tuple[str, Settings]) -> None:
     }
 
 
-def test_help_in_a_group_is_shown_to_the_group(live_sandbox: tuple[str, Settings]) -> None:
+@pytest.mark.parametrize(("in_group", "typed"), [(True, "@MiMo /help"), (False, "/help")])
+def test_help_is_shown_to_the_chat(
+    live_sandbox: tuple[str, Settings], in_group: bool, typed: str
+) -> None:
     base, _ = live_sandbox
-    group = unique("g")
-    sent = send(base, chatid=group, userid="alice", text="/help")
+    user = unique("u")
+    where = {"chatid": unique("g")} if in_group else {"userid": user}
+    sent = send(base, **{"userid": user, **where}, text="/help")
     [reply] = sent["replies"]
     assert (reply["kind"], reply["finish"], reply["content"]) == ("stream", True, wecom.HELP_TEXT)
-    shown = chat(base, chatid=group)["messages"]
+    assert sent["chat"] == where.get("chatid", f"single:{user}")
+    shown = chat(base, **where)["messages"]
     assert [(m["kind"], m.get("text") or m.get("content")) for m in shown] == [
-        ("user", "@MiMo /help"),
+        ("user", typed),
         ("bot", wecom.HELP_TEXT),
     ]
 
@@ -82,6 +87,25 @@ def test_send_refuses_bad_requests(client: FlaskClient, body: dict) -> None:
 
 def test_chat_needs_a_chat(client: FlaskClient) -> None:
     assert client.get("/sandbox/wecom/chat").status_code == 400
+
+
+@pytest.mark.parametrize("query", ["", "?response_code=nope"])
+def test_response_url_needs_a_live_code(client: FlaskClient, query: str) -> None:
+    body = {"msgtype": "markdown", "markdown": {"content": "late"}}
+    assert client.post(f"/sandbox/wecom/response{query}", json=body).get_json() == {
+        "errcode": 40058,
+        "errmsg": "invalid or expired response_code",
+    }
+
+
+@pytest.mark.parametrize("path", ["/sandbox/wecom/send", "/sandbox/wecom/verify"])
+def test_the_robot_must_be_configured(settings: Settings, path: str) -> None:
+    client = create_app(settings.replace(wecom_bot_aes_key="")).test_client()
+    res = client.post(path, json={"text": "x"})
+    assert (res.status_code, res.get_json()) == (
+        400,
+        {"error": "WECOM_BOT_TOKEN and WECOM_BOT_AES_KEY must be set"},
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from bot.channels.untrusted import load_json
 from bot.channels.wechat import simulator
+from bot.channels.wecom import sandbox as sandbox_wecom
 from bot.channels.wecom import simulator as simulator_wecom
 from bot.console import admin, doctor, stats
 from bot.core.store import Unavailable
@@ -160,7 +161,7 @@ def wecom_response():  # noqa: ANN201
         body = load_json(raw) if (raw := request.get_data()) else None
     except ValueError as exc:
         return jsonify(errcode=40008, errmsg=f"body is not valid JSON ({exc})"), 400
-    errcode, errmsg = simulator_wecom.accept_response(
+    errcode, errmsg = sandbox_wecom.accept_response(
         services().redis, request.args.get("response_code", "")[:64], body
     )
     return jsonify(errcode=errcode, errmsg=errmsg)

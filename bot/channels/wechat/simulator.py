@@ -269,12 +269,8 @@ def find_job(client: redis.Redis, channel: str, user: str, msg_id: str) -> str |
 
 def save(client: redis.Redis, sim: Simulation) -> None:
     """Keep a simulation under its own id (WeCom) or its job id, for the console to show."""
-    if sim.sim_id or sim.job_id:
-        client.set(
-            key("sim", sim.sim_id or sim.job_id),
-            json.dumps(sim.to_dict(), ensure_ascii=False),
-            ex=SIM_TTL,
-        )
+    if name := sim.sim_id or sim.job_id:
+        client.set(key("sim", name), json.dumps(sim.to_dict(), ensure_ascii=False), ex=SIM_TTL)
 
 
 def load(client: redis.Redis, job_id: str) -> dict[str, Any] | None:

@@ -1,13 +1,14 @@
-"""The console's WeCom robot simulator: WeCom's side of `/wecom`, for a local or a public URL.
+"""The console's WeCom robot simulator: the console's front on the fake WeCom, for any URL.
 
 `simulate` builds the encrypted, signed callback that a group member's @mention (or a one-to-one
-message) makes, with the protocol's client side in `bot.channels.wecom.protocol`; `bot.channels.wechat.simulator.send`
-posts it like the platform (a try slower than WECHAT_PLATFORM_TIMEOUT is abandoned and the same
-msgid sent again) and this module reads the sealed reply as WeCom would. While the reply is an
-unfinished stream a background thread keeps sending stream-refresh callbacks, as WeCom does,
-every WECOM_SANDBOX_REFRESH_INTERVAL seconds until `finish` (or WeCom's 6 minutes). Each
-message carries a one-use response_url that the console itself serves (`accept_response`), so
-an answer that outlives its stream is seen arriving the late way too.
+message) makes, with the protocol's client side in `bot.channels.wecom.protocol`;
+`bot.channels.wechat.simulator.send` posts it like the platform (a try slower than
+WECHAT_PLATFORM_TIMEOUT is abandoned and the same msgid sent again) and `judge` reads the sealed
+reply as WeCom would, in plain words. The rest is the one fake WeCom's
+(`bot.channels.wecom.sandbox`), shared with the `/sandbox/wecom` routes: while the reply is an
+unfinished stream its refresh loop keeps sending stream-refresh callbacks, and the one-use
+response_url each message carries is served by the console (`sandbox.accept_response`), so an
+answer that outlives its stream is seen arriving the late way too.
 
 What the chat shows is recorded in Redis per simulation, so any web process can serve the page:
 `transcript` folds it into what the group sees — the stream's latest text split into the
@@ -17,21 +18,16 @@ the message posted to response_url.
 
 from __future__ import annotations
 
-import json
-import logging
 import re
-import secrets
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
 import requests
 
 from bot.channels.wechat import simulator
+from bot.channels.wecom import sandbox
 from bot.channels.wecom.protocol import (
-    CONTENT_LIMIT,
     ProtocolError,
     encrypt,
     message_payload,
@@ -43,38 +39,24 @@ from bot.channels.wecom.streams import HANDOVER_NOTE, THINKING_TEXT
 from bot.core.contracts import new_id
 from bot.core.settings import Settings
 from bot.core.store import key
-from bot.text.formatting import utf8_len
 
-log = logging.getLogger(__name__)
-
-WECOM_STREAM_LIMIT = 360.0  # WeCom stops refreshing a stream 6 minutes after the message
-RESPONSE_URL_TTL = 3600  # a response_url works once, for an hour
 DEFAULT_GROUP = "console_group"
-DEFAULT_BOT_NAME = "MiMo"  # mentioned in groups when WECOM_BOT_NAME is empty
 BOT_ID = "AIBOT_CONSOLE"
 
 _THINK = re.compile(r"^<think>(.*?)</think>\s*", re.DOTALL)
 _ASKER = re.compile(r"^> \*\*@(?P<asker>[^*]*)\*\*: (?P<question>[^\n]*)\n\n")
 
 
-def _events_key(sim_id: str) -> str:
-    return key("sim", "wecom", sim_id, "events")
+def chat_log(sim_id: str) -> sandbox.ChatLog:
+    """Where one simulated message's chat is kept (as long as the simulation)."""
+    return sandbox.ChatLog(
+        key("sim", "wecom", sim_id, "events"), key("sim", "wecom", sim_id, "loop")
+    )
 
 
-def _loop_key(sim_id: str) -> str:
-    return key("sim", "wecom", sim_id, "loop")
-
-
-def _response_key(code: str) -> str:
-    return key("sim", "wecom", "response", code)
-
-
-def mention(text: str, settings: Settings) -> str:
-    """The text as a group member types it: the robot's @mention first (unless already there)."""
-    name = settings.wecom_bot_name or DEFAULT_BOT_NAME
-    if text.lstrip().startswith(f"@{name}"):
-        return text
-    return f"@{name} {text}"
+def record(client: redis.Redis, sim_id: str, event: dict[str, Any]) -> None:
+    """Append one thing the chat of simulation `sim_id` showed."""
+    chat_log(sim_id).record(client, event)
 
 
 def _as_typed(
@@ -83,7 +65,7 @@ def _as_typed(
     """The chat (a group's id, or "" one to one) and the text as its member types it."""
     if not spec.group:
         return "", text
-    return chat_id or DEFAULT_GROUP, mention(text, settings)
+    return chat_id or DEFAULT_GROUP, sandbox.mention(text, settings)
 
 
 def build(
@@ -194,157 +176,6 @@ def judge(
             sim.verdict = f"{reply.get('msgtype', '?')} reply in {ms}"
 
 
-# --- the chat record ---
-
-
-def record(client: redis.Redis, sim_id: str, event: dict[str, Any]) -> None:
-    """Append one thing the chat showed (kept as long as the simulation)."""
-    event = {"at": round(time.time(), 3), **event}
-    with client.pipeline(transaction=False) as pipe:
-        pipe.rpush(_events_key(sim_id), json.dumps(event, ensure_ascii=False))
-        pipe.expire(_events_key(sim_id), simulator.SIM_TTL)
-        pipe.execute()
-
-
-def _reply_event(status: int | None, reply: dict | str, **context: Any) -> dict[str, Any]:
-    """The chat's view of one reply: a stream version, a text, nothing, or an error."""
-    if status != 200 or not isinstance(reply, dict):
-        return {"kind": "error", "status": status, "body": str(reply)[:300], **context}
-    if not reply:
-        return {"kind": "empty", **context}
-    if reply.get("msgtype") == "stream":
-        stream = reply.get("stream") or {}
-        return {
-            "kind": "stream",
-            "stream_id": str(stream.get("id", "")),
-            "content": str(stream.get("content", "")),
-            "finish": bool(stream.get("finish")),
-            **context,
-        }
-    if reply.get("msgtype") == "text":
-        return {"kind": "text", "content": str((reply.get("text") or {}).get("content")), **context}
-    return {"kind": "other", "body": json.dumps(reply, ensure_ascii=False)[:300], **context}
-
-
-def _shown_key(event: dict[str, Any]) -> str:
-    """What the chat shows for a reply, whichever callback brought it."""
-    return json.dumps(
-        {k: v for k, v in event.items() if k not in ("refresh", "attempt")}, sort_keys=True
-    )
-
-
-def _set_loop(client: redis.Redis, sim_id: str, **fields: Any) -> None:
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hset(_loop_key(sim_id), mapping={k: str(v) for k, v in fields.items()})
-        pipe.expire(_loop_key(sim_id), simulator.SIM_TTL)
-        pipe.execute()
-
-
-def refresh_once(
-    settings: Settings,
-    url: str,
-    user: str,
-    chat_id: str,
-    stream_id: str,
-    *,
-    timeout: float,
-    http: Any = requests,
-) -> tuple[int | None, dict | str]:
-    """One stream-refresh callback as WeCom sends it: (HTTP status, decrypted reply or error)."""
-    payload = message_payload(user, kind="stream", chat_id=chat_id, stream_id=stream_id)
-    payload["aibotid"] = BOT_ID
-    signed = sign_callback(settings.wecom_bot_token, settings.wecom_bot_aes_key, payload)
-    try:
-        res = http.post(
-            url,
-            params=signed.params,
-            data=signed.body.encode(),
-            headers={"Content-Type": "application/json"},
-            timeout=(min(3.0, timeout), timeout),
-            allow_redirects=False,
-        )
-    except requests.Timeout:
-        return None, "timeout"
-    except requests.RequestException as exc:
-        return None, type(exc).__name__
-    if res.status_code != 200:
-        return res.status_code, res.text[:300]
-    try:
-        return 200, read_reply(
-            res.text, token=settings.wecom_bot_token, aes_key=settings.wecom_bot_aes_key
-        )
-    except ProtocolError as exc:
-        return 502, exc.reason
-
-
-def refresh_loop(
-    settings: Settings,
-    client: redis.Redis,
-    sim_id: str,
-    url: str,
-    *,
-    user: str,
-    chat_id: str,
-    stream_id: str,
-    started: float,
-    limit: int | None = None,
-    shown_first: str = "",
-    http: Any = requests,
-    sleep: Callable[[float], None] = time.sleep,
-) -> str:
-    """Refresh a stream as WeCom does until it finishes, fails, WeCom's 6 minutes pass or
-    `limit` refreshes were made; records each version that differs from the one before (the
-    first is `shown_first`). Returns how it ended."""
-    interval = max(0.05, settings.wecom_sandbox_refresh_interval)
-    first = {"kind": "stream", "stream_id": stream_id, "content": shown_first, "finish": False}
-    count, last = 0, _shown_key(first)
-    while True:
-        if limit is not None and count >= limit:
-            end = "stopped"
-            break
-        sleep(interval)
-        if time.monotonic() - started > WECOM_STREAM_LIMIT:
-            end = "expired"
-            break
-        count += 1
-        status, reply = refresh_once(
-            settings,
-            url,
-            user,
-            chat_id,
-            stream_id,
-            timeout=settings.wechat_platform_timeout,
-            http=http,
-        )
-        _set_loop(client, sim_id, refreshes=count, refreshed_at=f"{time.time():.3f}")
-        event = _reply_event(status, reply, refresh=count)
-        shown = _shown_key(event)
-        finished = event["kind"] != "stream" or event["finish"]
-        if shown != last or finished:  # the chat shows the same text: record changes only
-            record(client, sim_id, event)
-            last = shown
-        if finished:
-            end = "finished" if event["kind"] != "error" else "error"
-            break
-    _set_loop(client, sim_id, state=end, ended_at=f"{time.time():.3f}")
-    if end in ("stopped", "expired"):
-        record(client, sim_id, {"kind": f"refresh_{end}", "refresh": count})
-    return end
-
-
-def _follow(settings: Settings, client: redis.Redis, sim_id: str, url: str, **kwargs: Any) -> None:
-    """The refresh loop in its thread: whatever happens is recorded, never raised."""
-    try:
-        refresh_loop(settings, client, sim_id, url, **kwargs)
-    except Exception as exc:  # a thread has no caller: the chat record tells the operator
-        log.exception("wecom simulation %s: the refresh loop failed", sim_id)
-        try:
-            record(client, sim_id, {"kind": "error", "status": None, "body": type(exc).__name__})
-            _set_loop(client, sim_id, state="error", ended_at=f"{time.time():.3f}")
-        except redis.RedisError:
-            pass
-
-
 def simulate(
     settings: Settings,
     client: redis.Redis,
@@ -363,21 +194,12 @@ def simulate(
     simulator.check_url(url)
     simulator.check_url(sink)
     sim_id = new_id()
-    code = secrets.token_urlsafe(24)
-    out = build(
-        settings,
-        channel,
-        user,
-        text,
-        chat_id=chat_id,
-        response_url=f"{sink}?response_code={code}",
-    )
-    chat_id, shown = _as_typed(settings, simulator.CHANNELS[channel], chat_id, text)
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hset(_response_key(code), mapping={"sim_id": sim_id, "created": f"{time.time():.3f}"})
-        pipe.expire(_response_key(code), RESPONSE_URL_TTL)
-        pipe.execute()
-    record(client, sim_id, {"kind": "user", "userid": user, "text": shown, "msgid": out.msg_id})
+    response_url, code = sandbox.new_response_url(sink)
+    out = build(settings, channel, user, text, chat_id=chat_id, response_url=response_url)
+    chat_id, typed = _as_typed(settings, simulator.CHANNELS[channel], chat_id, text)
+    chat = chat_log(sim_id)
+    sandbox.open_response_url(client, code, chat, userid=user, msgid=out.msg_id)
+    chat.record(client, {"kind": "user", "userid": user, "text": typed, "msgid": out.msg_id})
     started = time.monotonic()
     sim = simulator.send(
         out,
@@ -390,59 +212,29 @@ def simulate(
     sim.sim_id, sim.chat_id = sim_id, chat_id
     if sim.ok:
         sim.job_id = simulator.find_job(client, "wecom", user, out.msg_id)
-        record(client, sim_id, _reply_event(200, sim.reply or {}, attempt=len(sim.attempts)))
+        first = sandbox.reply_event(200, sim.reply or {}, userid=user, attempt=len(sim.attempts))
+        chat.record(client, first)
     else:
         last = sim.attempts[-1] if sim.attempts else None
-        record(
-            client,
-            sim_id,
-            {"kind": "error", "status": last.status if last else None, "body": sim.verdict},
-        )
+        status = last.status if last else None
+        chat.record(client, {"kind": "error", "status": status, "body": sim.verdict})
     simulator.save(client, sim)
     stream = (sim.reply or {}).get("stream") or {}
     if sim.stream_id and not stream.get("finish"):
-        _set_loop(client, sim_id, state="running", refreshes=0)
-        threading.Thread(
-            target=_follow,
-            args=(settings, client, sim_id, url),
-            kwargs={
-                "user": user,
-                "chat_id": chat_id,
-                "stream_id": sim.stream_id,
-                "started": started,
-                "limit": refreshes,
-                "shown_first": str(stream.get("content", "")),
-                "http": http,
-            },
-            name=f"sim-wecom-{sim_id[:8]}",
-            daemon=True,
-        ).start()
+        shown_first = str(stream.get("content", ""))
+        followed = sandbox.Stream(url, user, chat_id, sim.stream_id, BOT_ID, started, shown_first)
+        sandbox.follow(
+            settings,
+            client,
+            chat,
+            followed,
+            timeout=settings.wechat_platform_timeout,
+            limit=refreshes,
+            http=http,
+        )
     else:
-        _set_loop(client, sim_id, state="none", refreshes=0, ended_at=f"{time.time():.3f}")
+        chat.set_loop(client, state="none", refreshes=0, ended_at=f"{time.time():.3f}")
     return sim
-
-
-def accept_response(client: redis.Redis, code: str, body: Any) -> tuple[int, str]:
-    """A POST to the console's response_url, checked as WeCom does: (errcode, errmsg)."""
-    ref = client.hgetall(_response_key(code)) if code else {}
-    if not ref:
-        return 40058, "invalid or expired response_code"
-    markdown = body.get("markdown") if isinstance(body, dict) else None
-    if (
-        not isinstance(body, dict)
-        or body.get("msgtype") != "markdown"
-        or not isinstance(markdown, dict)
-    ):
-        return 40008, "msgtype must be markdown"
-    content = markdown.get("content")
-    if not isinstance(content, str) or not content:
-        return 44003, "empty content"
-    if utf8_len(content) > CONTENT_LIMIT:
-        return 45002, "content size out of limit"
-    if not client.hsetnx(_response_key(code), "used", f"{time.time():.3f}"):
-        return 40058, "response_code already used"
-    record(client, ref["sim_id"], {"kind": "response_url", "content": content})
-    return 0, "ok"
 
 
 # --- what the group sees ---
@@ -463,8 +255,8 @@ def shown(content: str) -> dict[str, str]:
 def transcript(client: redis.Redis, sim_id: str) -> dict[str, Any]:
     """The chat as the group saw this message: the stream's versions, the last one split into
     its parts, a response_url message, and how the refreshing ended."""
-    events = [json.loads(e) for e in client.lrange(_events_key(sim_id), 0, -1)]
-    loop = client.hgetall(_loop_key(sim_id))
+    chat = chat_log(sim_id)
+    events, loop = chat.events(client), chat.loop(client)
     versions = [e for e in events if e["kind"] == "stream"]
     latest = versions[-1] if versions else None
     late = next((e for e in events if e["kind"] == "response_url"), None)
@@ -502,4 +294,4 @@ def transcript(client: redis.Redis, sim_id: str) -> dict[str, Any]:
 
 def is_wecom(sim: dict[str, Any] | None) -> bool:
     """True for a saved WeCom simulation."""
-    return bool(sim) and str(sim.get("channel", "")).startswith("wecom")
+    return sim is not None and str(sim.get("channel", "")).startswith("wecom")

@@ -160,7 +160,11 @@ def test_verify_url_diagnoses(handler: Handler, ok: bool, phrase: str) -> None:
 
 
 def test_verify_url_timeout_and_unreachable() -> None:
-    with fake_webhook(lambda _r, _c: (time.sleep(0.5), Response("x"))[1]) as (url, _seen):
+    def slow_answer(_req: Request, _call: int) -> Response:
+        time.sleep(0.5)
+        return Response("x")
+
+    with fake_webhook(slow_answer) as (url, _seen):
         slow = simulator.verify_url(url, TOKEN, timeout=0.2)
     assert "gives up after 5 s" in slow["diagnosis"]
     gone = simulator.verify_url(f"http://127.0.0.1:{free_port()}/wechat", TOKEN)
