@@ -12,12 +12,12 @@ from typing import Any
 
 from celery import Celery, Task
 
+from bot.console.workers import worker_id
 from bot.core import metrics
 from bot.core.contracts import ContractError, Job
 from bot.core.settings import Settings
 from bot.pipeline.answer import answer, apology
 from bot.pipeline.ledger import Ledger
-from bot.pipeline.sweeper import worker_id
 from tasks import dispatch, runtime
 from tasks.names import GENERATE, IO_QUEUE, TYPING, WECOM_GENERATE
 

@@ -19,10 +19,11 @@ from celery.signals import (
     worker_shutting_down,
 )
 
+from bot.console.workers import worker_id
 from bot.core import lifeline, logs, metrics
 from bot.core.logs import setup_logging
 from bot.core.settings import load_or_exit
-from bot.pipeline.sweeper import Sweeper, worker_id
+from bot.pipeline.sweeper import Sweeper
 from tasks import dispatch, runtime
 from tasks.celery_app import make_celery
 from tasks.heartbeat import Heartbeat

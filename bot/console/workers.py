@@ -74,3 +74,13 @@ def by_queue(workers: list[dict[str, Any]], queues: tuple[str, ...]) -> dict[str
         for q in w.get("queues", []):
             out.setdefault(q, []).append(w["hostname"])
     return out
+
+
+def worker_id(hostname: str) -> str:
+    """How a ledger record names the worker process holding a message: `hostname:pid`."""
+    return f"{hostname}:{os.getpid()}"
+
+
+def alive_ids(client: redis.Redis) -> set[str]:
+    """`hostname:pid` of every worker with a live heartbeat (a restarted worker is a new pid)."""
+    return {f"{w['hostname']}:{w.get('pid', '')}" for w in online(client)}

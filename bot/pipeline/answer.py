@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from bot.console import workers
 from bot.core import jobs
 from bot.core.contracts import Answer, Job
 from bot.core.progress import ProgressWriter
@@ -46,6 +47,16 @@ def start(ledger: Ledger, job: Job, worker: str) -> bool:
         record = ledger.get(job.key)
         if record is not None and record.worker == worker:
             return True  # this worker's own retry of the task
+        if record is not None and record.worker not in workers.alive_ids(ledger.redis):
+            # Its holder died (Celery redelivered the job, or a shutdown handed it back).
+            return ledger.move(
+                job.key,
+                "generating",
+                since=("generating",),
+                when={"worker": record.worker},
+                worker=worker,
+                started_at=time.time(),
+            ).ok
     log.info("job %s: message %s is %s already; this copy stops", job.job_id, job.key, moved.was)
     return False
 
@@ -99,6 +110,8 @@ def _generate(
     try:
         request.messages = _fit_window(engine, request, job.job_id)
         generation = _stream(engine, request, progress)
+    except redis.RedisError:
+        raise  # transient: the task retries the job (Redis holds the record it resumes from)
     except Exception as exc:
         log.exception("generation failed for job %s", job.job_id)
         result = apology(job, f"generation failed: {type(exc).__name__}")

@@ -10,7 +10,6 @@ cannot be delivered is parked for the user's next message.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -43,16 +42,6 @@ class Actions:
     deliver: Callable[[Answer], None]  # hand an answer to its channel's delivery
 
 
-def worker_id(hostname: str) -> str:
-    """How a ledger record names the worker process holding it: `hostname:pid`."""
-    return f"{hostname}:{os.getpid()}"
-
-
-def holders_alive(client: redis.Redis) -> set[str]:
-    """`hostname:pid` of every worker with a live heartbeat."""
-    return {f"{w['hostname']}:{w.get('pid', '')}" for w in workers.online(client)}
-
-
 def sweep(
     client: redis.Redis,
     settings: Settings,
@@ -65,7 +54,7 @@ def sweep(
     max_attempts = settings.max_attempts
     now = now or time.time()
     stuck = set(ledger.due(now, limit=200))
-    alive = holders_alive(client)
+    alive = workers.alive_ids(client)
     for msg_key in ledger.in_state("generating", limit=1000):
         record = ledger.get(msg_key)
         if record is not None and record.state == "generating" and record.worker not in alive:

@@ -157,6 +157,16 @@ def fault_web(
     base_settings: Settings, fault_redis: PrivateRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultStack]:
     """The web process on the private Redis, with a queue limit of FAULT_MAX_QUEUE."""
+    yield from web_stack(base_settings, fault_redis, tmp_path_factory, FAULT_MAX_QUEUE)
+
+
+def web_stack(
+    base_settings: Settings,
+    fault_redis: PrivateRedis,
+    tmp_path_factory: pytest.TempPathFactory,
+    max_queue: int,
+) -> Iterator[FaultStack]:
+    """Run a web process on the private Redis for a module; yields its FaultStack."""
     from bot.cli.supervisor import web_argv
     from bot.engine.transformers.tiny import ensure_tiny_model
 
@@ -167,7 +177,7 @@ def fault_web(
     settings = base_settings.replace(
         redis_url=fault_redis.url,
         wechat_api_base=f"{url}/sandbox/wechat/",
-        max_queue=FAULT_MAX_QUEUE,
+        max_queue=max_queue,
         log_level="DEBUG",
     )
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
@@ -196,6 +206,11 @@ def fault_web(
 @pytest.fixture
 def faults(fault_web: FaultStack) -> Iterator[FaultStack]:
     """The fault stack for one test: empty queues, no planned faults; its workers stopped after."""
+    yield from fresh(fault_web)
+
+
+def fresh(fault_web: FaultStack) -> Iterator[FaultStack]:
+    """Empty queues and no planned faults for one test; its workers stopped after."""
     fault_web.plan_faults([])
     for queue in ("gpu", "io"):
         fault_web.redis.delete(queue)
