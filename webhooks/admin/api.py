@@ -13,7 +13,7 @@ from bot.channels.untrusted import load_json
 from bot.channels.wechat import simulator
 from bot.channels.wecom import sandbox as sandbox_wecom
 from bot.channels.wecom import simulator as simulator_wecom
-from bot.console import admin, doctor, stats
+from bot.console import admin, doctor, messages, stats
 from bot.core.store import Unavailable
 from webhooks.admin.auth import OFF_TEXT, api_auth, console_on
 from webhooks.services import services
@@ -224,3 +224,16 @@ def block():  # noqa: ANN201
     blocked = _body().get("blocked", True) is not False
     admin.set_blocked(services().redis, *who, blocked)
     return jsonify(channel=who[0], user=who[1], blocked=blocked)
+
+
+@bp.get("/messages")
+@api_auth
+def list_messages():  # noqa: ANN201
+    """The message ledger by view (stuck, parked, apologized, …) with each record's reason."""
+    view = request.args.get("state", "stuck")
+    if view not in messages.VIEWS:
+        return jsonify(error=f"state must be one of {', '.join(messages.VIEWS)}"), 400
+    client = services().redis
+    return jsonify(
+        state=view, counts=messages.summary(client), records=messages.listing(client, view)
+    )

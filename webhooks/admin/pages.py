@@ -11,7 +11,7 @@ from flask import Blueprint, Response, redirect, render_template, request, sessi
 
 from bot.channels.wechat import simulator
 from bot.channels.wecom import simulator as simulator_wecom
-from bot.console import admin
+from bot.console import admin, messages
 from bot.console.guard import Verdict
 from webhooks.admin.auth import (
     CSRF_FIELD,
@@ -162,6 +162,24 @@ def block_user() -> Response:
     if channel and user:
         admin.set_blocked(s.redis, channel, user, request.form.get("blocked") == "1")
     return redirect(url_for("admin.conversations", channel=channel, open=user))
+
+
+@bp.get("/messages")
+@login_required
+def messages_page():  # noqa: ANN201
+    """The message ledger: stuck, parked and apologized messages with their reasons."""
+    client = services().redis
+    view = request.args.get("state", "stuck")
+    if view not in messages.VIEWS:
+        view = "stuck"
+    return render_template(
+        "admin/messages.html",
+        page="messages",
+        view=view,
+        views=messages.VIEWS,
+        counts=messages.summary(client),
+        rows=messages.listing(client, view),
+    )
 
 
 @bp.get("/setup")
