@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli.main import main
 from bot.core.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -86,3 +88,23 @@ def test_a_secret_is_named_but_never_shown(tmp_path: Path) -> None:
     assert code != 0
     assert "ADMIN_TOKEN=(secret, 8 characters) is not allowed" in out
     assert "hunter22" not in out
+
+
+@pytest.mark.parametrize("argv", [["doctor"], ["doctor", "--json"]])
+def test_doctor_reports_a_bad_setting_as_its_finding(
+    argv: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("MIMOCHAT_BACKEND", "vllm")
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 1
+    out = capsys.readouterr().out
+    assert "MIMOCHAT_BACKEND='vllm' is not allowed: expected one of transformers, openai" in out
+    if argv == ["doctor"]:
+        assert "[FAIL] MIMOCHAT_BACKEND: MIMOCHAT_BACKEND='vllm'" in out
+    else:
+        assert json.loads(out)[0]["name"] == "MIMOCHAT_BACKEND"
