@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -43,17 +44,29 @@ def demo_environ(port: int, environ: dict[str, str] | None = None) -> dict[str, 
 
 
 def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
+    from bot.cli.ports import port_problem
     from bot.cli.supervisor import Supervisor, web_argv, worker_argv
     from bot.core.logs import setup_logging
-    from bot.core.store import start_embedded
+    from bot.core.store import answers, embedded_argv, embedded_url
 
     # Checked before anything starts; `.env` too, as the children read it under `env`.
     settings = load_or_exit(env, program=title)
     setup_logging(settings)
+    if problem := port_problem(host, port):  # e.g. a server left from an earlier run
+        print(f"{title}: {problem}", file=sys.stderr)
+        return 1
+    # Workers get their own grace (running generations) plus time to hand jobs back.
+    sup = Supervisor(env=env, grace=settings.shutdown_grace + 10)
     if not settings.redis_url:
-        env["REDIS_URL"] = start_embedded(settings.data_path)
-        log.info("embedded Redis at %s", env["REDIS_URL"])
-        settings = settings.replace(redis_url=env["REDIS_URL"])
+        url = env["REDIS_URL"] = embedded_url(settings.data_path)
+        if answers(url):  # another mimochat on this data dir runs it: join; it stays theirs
+            log.info("joining the embedded Redis at %s", url)
+        else:
+            # A child like the others: restarted if it dies (its append-only file keeps the
+            # queued jobs), dies with this process, and stops after the workers and the web.
+            argv = embedded_argv(settings.data_path)
+            sup.add("redis", argv, restart=True, ready=lambda: answers(url), stop_last=True)
+        settings = settings.replace(redis_url=url)
     print(f"\n{title} — webhook: http://{host}:{port}/wechat")
     for name, value in sorted(settings.redacted().items()):
         print(f"  {name}={value}")
@@ -62,11 +75,17 @@ def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
         print('  try: mimochat send "What is 2+2?"')
         print(f"  WeCom group sandbox: POST http://{host}:{port}/sandbox/wecom/send")
         print(f"    then GET http://{host}:{port}/sandbox/wecom/chat?chatid=sandbox_group\n")
-    # Workers get their own grace (running generations) plus time to hand jobs back.
-    sup = Supervisor(env=env, grace=settings.shutdown_grace + 10)
-    sup.add("worker", worker_argv("gpu,io", settings.gpu_concurrency, "mimochat"), restart=True)
+    # If this process is killed outright, the worker is too (SIGKILL, not the SIGTERM of the
+    # others): a warm shutdown would wait on a Redis that may be dying with us, and it loses
+    # nothing, since jobs are acknowledged only once done and come back after the visibility
+    # timeout. The web drains its requests in a second or two; Redis writes its file.
+    worker = worker_argv("gpu,io", settings.gpu_concurrency, "mimochat")
+    sup.add("worker", worker, restart=True, death_signal=signal.SIGKILL)
     sup.add("web", web_argv(host, port), restart=False)
-    return sup.run()
+    code = sup.run()
+    if sup.reason:  # the last line: why it stopped on its own (a worker's engine did not load)
+        print(f"{title} stopped: {sup.reason}", file=sys.stderr)
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -83,6 +102,11 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     """Only the web server."""
     load_or_exit(program="mimochat web")  # before Flask is even imported
+    from bot.cli.ports import port_problem
+
+    if problem := port_problem(args.host, args.port):
+        print(f"mimochat web: {problem}", file=sys.stderr)
+        return 1
     from webhooks.__main__ import main as web_main
 
     web_main(["--host", args.host, "--port", str(args.port)])

