@@ -77,6 +77,7 @@ def base_settings(data_dir: Path, redis_url: str) -> Settings:
         wecom_sandbox_refresh_interval=0.2,
         max_queue=0,  # queues in a long-lived REDIS_URL server grow across runs
         metrics_port=0,  # tests that scrape a worker give it a free port
+        wechat_encrypt_mode="compatible",  # tests post plaintext and AES; safe mode: own tests
     )
 
 

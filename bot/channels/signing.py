@@ -37,7 +37,8 @@ class ProtocolError(Exception):
 
 def sign(*parts: str) -> str:
     """WeChat's and WeCom's signature: sha1 of the sorted parts joined."""
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()
+    # surrogatepass: a hostile part (a lone surrogate from a JSON escape) hashes, not crashes.
+    return hashlib.sha1("".join(sorted(parts)).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_nonce() -> str:
@@ -78,7 +79,8 @@ def verify(
     timestamp, nonce, signature = args.get("timestamp"), args.get("nonce"), args.get(field)
     if not (timestamp and nonce and signature):
         raise ProtocolError(400, f"missing timestamp, nonce or {field}")
-    if not hmac.compare_digest(sign(token, timestamp, nonce, *covered), signature):
+    given = signature.encode("utf-8", "surrogatepass")  # compare_digest takes ASCII str only
+    if not hmac.compare_digest(sign(token, timestamp, nonce, *covered).encode(), given):
         raise ProtocolError(403, "signature mismatch")
     stamp = parse_timestamp(timestamp)
     if window and abs((time.time() if now is None else now) - stamp) > window:

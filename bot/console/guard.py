@@ -84,14 +84,14 @@ def token_matches(given: str | None, expected: str) -> bool:
     """Constant-time comparison of a presented admin token; an empty expected token never matches."""
     if not expected or not given:
         return False
-    return hmac.compare_digest(given.encode(), expected.encode())
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def fingerprint(given: str, expected: str) -> str:
     """A keyed fingerprint of a presented secret: Redis never holds a guess (a near miss of
     the token is a hint), and a new ADMIN_TOKEN starts every count afresh."""
     salt = hashlib.sha256(b"mimochat admin guard v1\0" + expected.encode()).digest()
-    return hmac.new(salt, given.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(salt, given.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
 
 
 def client_key(client_id: str) -> str:

@@ -38,10 +38,18 @@ def test_url_verification(client: FlaskClient) -> None:
     assert "987" not in res.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("aes", ["", AES_KEY])
-def test_text_is_enqueued_once_across_retries(
-    client: FlaskClient, settings: Settings, aes: str
-) -> None:
+def mode_client(settings: Settings, mode: str) -> FlaskClient:
+    """The webhook of an account in encryption mode `mode` (plain: no AES key at all)."""
+    if mode == "plain":
+        return create_app(settings.replace(wechat_aes_key="")).test_client()
+    return create_app(settings.replace(wechat_encrypt_mode=mode)).test_client()
+
+
+@pytest.mark.parametrize(
+    ("mode", "aes"), [("plain", ""), ("safe", AES_KEY), ("compatible", ""), ("compatible", AES_KEY)]
+)
+def test_text_is_enqueued_once_across_retries(settings: Settings, mode: str, aes: str) -> None:
+    client = mode_client(settings, mode)
     user = unique()
     xml = message_xml(user, ACCOUNT, content="What is 2+2?")
     started = time.perf_counter()
@@ -130,11 +138,104 @@ def test_bad_signature_or_stale_is_403_and_nothing_queued(
 
 @pytest.mark.parametrize(
     "body",
-    ["<xml><FromUserName>broken", "<xml><MsgType>text</MsgType></xml>", "\xff\xfe not xml"],
+    [
+        "<xml><FromUserName>broken",
+        "<xml><MsgType>text</MsgType></xml>",
+        "\xff\xfe not xml",
+        "<xml>" + "<a>" * 3000 + "</a>" * 3000 + "</xml>",
+        '<!DOCTYPE x [<!ENTITY e "boom">]><xml><FromUserName>&e;</FromUserName></xml>',
+        message_xml("o_x", ACCOUNT, content="hi").replace(
+            "<CreateTime>", "<CreateTime>" + "9" * 5000
+        ),
+    ],
 )
-def test_malformed_body_is_400(client: FlaskClient, body: str) -> None:
-    res = post(client, body, aes="")
+@pytest.mark.parametrize("mode", ["plain", "safe"])
+def test_malformed_body_is_400(settings: Settings, body: str, mode: str) -> None:
+    """Broken, deep or entity-laden XML, plaintext or sealed: a clean 400, no stack trace."""
+    client = mode_client(settings, mode)
+    res = post(client, body, aes="" if mode == "plain" else AES_KEY)
     assert res.status_code == 400
+    assert "Traceback" not in res.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("mode", "aes", "status"),
+    [
+        ("", "", 403),  # a key and no mode: safe
+        ("", AES_KEY, 200),
+        ("safe", "", 403),  # a plaintext post in safe mode is nobody WeChat sent
+        ("safe", AES_KEY, 200),
+        ("compatible", "", 200),
+        ("compatible", AES_KEY, 200),
+        ("plain", "", 200),
+        ("plain", AES_KEY, 400),  # encrypted, but the account has no key
+    ],
+)
+def test_encrypt_modes(settings: Settings, mode: str, aes: str, status: int) -> None:
+    res = post(mode_client(settings, mode), message_xml(unique(), ACCOUNT, content="hi"), aes=aes)
+    assert res.status_code == status
+
+
+def test_safe_is_the_default_with_a_key(settings: Settings) -> None:
+    """WECHAT_ENCRYPT_MODE empty and a key set: a forged plaintext post, signed or not, is 403."""
+    app = create_app(settings.replace(wechat_encrypt_mode=""))
+    client = app.test_client()
+    assert app.extensions["mimochat"].wechat.mode == "safe"
+    user = unique()
+    assert post(client, message_xml(user, ACCOUNT, content="hi"), aes="").status_code == 403
+    assert not [j for j in queued_jobs(app.extensions["mimochat"].redis) if j["user"] == user]
+
+
+@pytest.mark.parametrize(
+    ("mode", "captured"),
+    [
+        ("plain", "message"),  # a message's logged query string...
+        ("plain", "handshake"),  # ...or the URL check's: the same signature over no body
+        ("compatible", "message"),
+        ("compatible", "sealed"),  # a sealed message's URL also carries the plaintext signature
+    ],
+)
+def test_a_captured_signature_cannot_carry_another_body(
+    settings: Settings, mode: str, captured: str
+) -> None:
+    """One (timestamp, nonce) is bound to the first body it came with: WeChat's retry of the
+    same body passes, a forged body under the captured signature is a 403 and queues nothing."""
+    client = mode_client(settings, mode)
+    victim, forger = unique(), unique()
+    real = message_xml(victim, ACCOUNT, content="real question")
+    if captured == "handshake":
+        params = sign_url_check(TOKEN, "777")
+        assert client.get("/wechat", query_string=params).get_data(as_text=True) == "777"
+    else:
+        signed = sign_request(
+            TOKEN, real, aes_key=AES_KEY if captured == "sealed" else "", app_id=APP_ID
+        )
+        params = signed.params
+        for _ in range(2):  # the first try and WeChat's retry of the same call
+            res = client.post("/wechat", query_string=params, data=signed.body)
+            assert res.status_code == 200
+    plain_params = {k: v for k, v in params.items() if k in ("signature", "timestamp", "nonce")}
+    forged = message_xml(forger, ACCOUNT, content="forged as anyone")
+    res = client.post("/wechat", query_string=plain_params, data=forged)
+    assert res.status_code == 403
+    redis_client = create_app(settings).extensions["mimochat"].redis
+    assert not [j for j in queued_jobs(redis_client) if j["user"] == forger]
+
+
+@pytest.mark.parametrize(
+    "timestamp", ["9" * 5000, "1" + "0" * 400, "-1", "1e10", "١٧٠٠٠٠٠٠٠٠", "+1700000000"]
+)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_hostile_timestamps_are_refused_cleanly(
+    client: FlaskClient, timestamp: str, method: str
+) -> None:
+    """A timestamp no clock has, signed with the captured nonce or not: 400/403, never 503."""
+    signed = sign_request(
+        TOKEN, message_xml(unique(), ACCOUNT, content="hi"), aes_key=AES_KEY, app_id=APP_ID
+    )
+    args = {**signed.params, "timestamp": timestamp}
+    res = client.open("/wechat", method=method, query_string=args, data=signed.body)
+    assert res.status_code in (400, 403)
     assert "Traceback" not in res.get_data(as_text=True)
 
 

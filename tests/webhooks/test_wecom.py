@@ -133,6 +133,73 @@ def test_malformed_is_400(client: FlaskClient, body: str) -> None:
     assert "Traceback" not in res.get_data(as_text=True)
 
 
+HOSTILE_JSON = [
+    "[" * 30_000,  # used to raise RecursionError: a 503 (WeCom retries it) and a stack trace
+    '{"encrypt": ' + "[" * 20_000,
+    '{"encrypt": "x", "n": ' + "9" * 5000 + "}",
+    '{"encrypt": "x", "n": 1e999}',
+    '{"encrypt": NaN}',
+    '{"encrypt": "\\ud800"}',
+    "\ufeff{}",
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_JSON, ids=lambda b: repr(b[:16]))
+def test_hostile_envelopes_are_400_without_a_trace(
+    client: FlaskClient, body: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    params = sign_callback(WECOM_TOKEN, WECOM_AES_KEY, "x").params
+    res = client.post("/wecom", query_string=params, data=body.encode("utf-8", "surrogatepass"))
+    assert res.status_code in (400, 403)
+    assert "Traceback" not in res.get_data(as_text=True) + caplog.text
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        "[" * 30_000,
+        '{"msgtype": "text", "from": {"userid": "u"}, "text": ' + '{"a": ' * 5000 + "}",
+        '{"msgtype": "text", "from": {"userid": ' + "9" * 5000 + "}}",
+        '{"msgtype": "text", "from": {"userid": "u"}, "msgid": 1e400}',
+    ],
+    ids=lambda p: repr(p[:16]),
+)
+def test_hostile_sealed_callbacks_are_400(
+    client: FlaskClient, plain: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Well signed and sealed (only the token holder can), still refused cleanly inside."""
+    res = post(client, plain)
+    assert res.status_code == 400
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("timestamp", ["9" * 5000, "1" + "0" * 400, "-5", "1.5e9", "١٧٠٠٠٠٠٠٠٠"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_hostile_timestamps_are_refused_cleanly(
+    client: FlaskClient, timestamp: str, method: str
+) -> None:
+    signed = sign_callback(WECOM_TOKEN, WECOM_AES_KEY, message_payload("u", content="hi"))
+    params = {**signed.params, "timestamp": timestamp, "echostr": "x"}
+    res = client.open("/wecom", method=method, query_string=params, data=signed.body)
+    assert res.status_code in (400, 403)
+
+
+def test_a_signed_call_is_bound_to_its_body(client: FlaskClient, app: Flask) -> None:
+    """WeCom's retry (same call, same body) is taken once; the same signature with another
+    envelope around the same ciphertext is a 403."""
+    user = unique("u")
+    signed = sign_callback(
+        WECOM_TOKEN, WECOM_AES_KEY, message_payload(user, content="@MiMo hi", chat_id="g")
+    )
+    for _ in range(2):
+        res = client.post("/wecom", query_string=signed.params, data=signed.body)
+        assert res.status_code == 200
+    envelope = {**json.loads(signed.body), "tousername": "someone-else"}
+    res = client.post("/wecom", query_string=signed.params, data=json.dumps(envelope))
+    assert res.status_code == 403
+    assert len(wecom_jobs(app, asker=user)) == 1
+
+
 def test_redis_down_is_503_then_the_retry_is_taken(settings: Settings, tmp_path) -> None:  # noqa: ANN001
     """A private Redis, stopped and restarted: nothing acknowledged while down, nothing lost."""
     port = free_port()

@@ -1,9 +1,11 @@
 """Who may use the console: a server-side session after login (with CSRF tokens) or a Bearer
 token, both behind one throttle (`bot.console.guard`).
 
-The session cookie holds only a random id; the session itself is a record in Redis, so logging
-out deletes it and a copied cookie stops working at once. The record's key is namespaced by
-the app's secret (derived from ADMIN_TOKEN): a new token logs everybody out.
+A logged-in session cookie holds only a random id; the session itself is a record in Redis,
+so logging out deletes it and a copied cookie stops working at once. The record's key is
+namespaced by the app's secret (derived from ADMIN_TOKEN): a new token logs everybody out.
+Before login a visitor's cookie is signed and holds only the login form's CSRF token: it can
+never grant anything, and visitors cost Redis nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import redis
 from flask import Flask, Response, current_app, jsonify, request, session
 from flask.sessions import SecureCookieSession, SessionInterface
-from itsdangerous import BadSignature, URLSafeTimedSerializer
+from itsdangerous import BadData, URLSafeTimedSerializer
 
 from bot.console.guard import Verdict, check_secret, retry_after
 from bot.core.store import key
@@ -35,7 +37,7 @@ CSRF_FIELD = "csrf_token"
 OFF_TEXT = "The admin console is off: set ADMIN_TOKEN on the server to turn it on."
 DEVICE_COOKIE = "mimochat_admin_device"
 DEVICE_AGE = 30 * 86400  # a browser that logged in keeps its own throttle bucket this long
-ANONYMOUS_TTL = 3600  # a visitor's session (only the login form's CSRF token) lives an hour
+VISITOR_AGE = 3600  # a visitor's signed cookie (the login form's CSRF token) lasts an hour
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
@@ -93,11 +95,13 @@ class ServerSessionInterface(SessionInterface):
 
     def open_session(self, app: Flask, request: Any) -> ServerSession:
         """The session the cookie names, or a fresh empty one (unknown, revoked, expired)."""
-        sid = request.cookies.get(self.get_cookie_name(app), "")
-        if not app.secret_key or not _SESSION_ID.fullmatch(sid):
+        value = request.cookies.get(self.get_cookie_name(app), "")
+        if not app.secret_key or not value:
             return ServerSession()
+        if not _SESSION_ID.fullmatch(value):
+            return ServerSession(_visitor(app, value))
         try:
-            raw = _redis(app).get(_record(app, sid))
+            raw = _redis(app).get(_record(app, value))
         except redis.RedisError:
             log.warning("admin sessions unavailable (Redis): the request is not logged in")
             return ServerSession()
@@ -105,10 +109,15 @@ class ServerSessionInterface(SessionInterface):
             data = json.loads(raw) if raw else None
         except ValueError:
             data = None
-        return ServerSession(data, sid) if isinstance(data, dict) else ServerSession()
+        return ServerSession(data, value) if isinstance(data, dict) else ServerSession()
 
     def save_session(self, app: Flask, session: Any, response: Response) -> None:
-        """Write the record and the id cookie; an emptied session is deleted (revoked)."""
+        """Write the record and the id cookie; an emptied session is deleted (revoked).
+
+        Only a logged-in session is kept in Redis. A visitor's (the login form's CSRF token and
+        nothing else) travels in a signed cookie that can never say "admin": a flood of login
+        pages costs the server no memory.
+        """
         if not isinstance(session, ServerSession) or not app.secret_key:
             return
         name = self.get_cookie_name(app)
@@ -125,13 +134,17 @@ class ServerSessionInterface(SessionInterface):
             return
         if not self.should_set_cookie(app, session):
             return
+        if not session.get("admin"):
+            visitor = _visitors(app).dumps({"csrf": session.get("csrf", "")})
+            self._cookie(app, response, name, visitor)
+            response.vary.add("Cookie")
+            return
         if session.rotate and session.sid:  # a login never keeps an id chosen before it
             with contextlib.suppress(redis.RedisError):
                 store.delete(_record(app, session.sid))
         if session.rotate or not session.sid:
             session.sid = secrets.token_urlsafe(32)
-        lifetime = app.permanent_session_lifetime.total_seconds()
-        ttl = int(lifetime) if session.permanent else ANONYMOUS_TTL
+        ttl = int(app.permanent_session_lifetime.total_seconds())
         try:
             store.set(_record(app, session.sid), json.dumps(dict(session)), ex=ttl)
         except redis.RedisError:
@@ -146,6 +159,20 @@ class ServerSessionInterface(SessionInterface):
             self._cookie(app, response, DEVICE_COOKIE, device, max_age=DEVICE_AGE)
 
 
+def _visitors(app: Flask) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(app.secret_key or b"", salt="mimochat admin visitor")
+
+
+def _visitor(app: Flask, value: str) -> dict[str, str] | None:
+    """A visitor's signed cookie: its CSRF token alone (never "admin"), or None."""
+    try:
+        data = _visitors(app).loads(value, max_age=VISITOR_AGE)
+    except BadData:
+        return None
+    csrf = data.get("csrf") if isinstance(data, dict) else None
+    return {"csrf": csrf} if isinstance(csrf, str) and csrf else None
+
+
 def _devices(app: Flask) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(app.secret_key or b"", salt="mimochat admin device")
 
@@ -156,7 +183,7 @@ def _client() -> tuple[str, bool]:
     if raw and current_app.secret_key:
         try:
             device = _devices(current_app).loads(raw, max_age=DEVICE_AGE)
-        except BadSignature:
+        except BadData:
             device = None
         if isinstance(device, str):
             return f"device:{device}", True
@@ -204,7 +231,10 @@ def csrf_ok() -> bool:
     """The POST carries the session's CSRF token (form field or header)."""
     expected = session.get("csrf")
     given = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD, "")
-    return bool(expected and given) and hmac.compare_digest(str(expected), str(given))
+    if not (expected and given):
+        return False
+    # Bytes: compare_digest raises on non-ASCII str, and a header may carry any latin-1.
+    return hmac.compare_digest(str(expected).encode(), str(given).encode("utf-8", "surrogatepass"))
 
 
 def start_session() -> None:

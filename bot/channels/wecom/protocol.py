@@ -366,7 +366,8 @@ def read_reply(body: str, *, token: str, aes_key: str, receive_id: str = "") -> 
     if not isinstance(sealed, dict) or not all(isinstance(sealed.get(f), str) for f in fields):
         raise ProtocolError(502, "reply lacks encrypt, msgsignature, timestamp or nonce")
     expected = sign(token, sealed["timestamp"], sealed["nonce"], sealed["encrypt"])
-    if not hmac.compare_digest(expected, sealed["msgsignature"]):
+    given = sealed["msgsignature"].encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(expected.encode(), given):
         raise ProtocolError(502, "reply signature mismatch")
     try:
         payload = json.loads(decrypt(aes_key, sealed["encrypt"], receive_id))

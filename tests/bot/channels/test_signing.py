@@ -38,6 +38,8 @@ def test_signature_official_vector() -> None:
         ({}, (), 400),
         ({**signed_args(), "nonce": ""}, (), 400),
         ({**signed_args(), "signature": "0" * 40}, (), 403),
+        ({**signed_args(), "signature": "é" * 40}, (), 403),  # compare_digest refuses non-ASCII
+        ({**signed_args(), "signature": "\ud800"}, (), 403),
         (signed_args(str(NOW), "other"), ("ciphertext",), 403),  # covers another ciphertext
         (signed_args(str(NOW - 301)), (), 403),  # stale
         (signed_args(str(NOW + 301)), (), 403),  # from the future

@@ -8,6 +8,7 @@ import pytest
 
 from bot.channels.untrusted import check_xml, load_json
 
+
 def nested(levels: int) -> list:
     """`levels` lists, each inside the next."""
     value: list = []
@@ -30,6 +31,8 @@ HOSTILE_JSON = [
     "not json",
     b"\xff\xfe",
     "x" * (1 << 20 + 1),
+    '["\\ud800"]',  # a lone surrogate: no UTF-8 can hold it (Redis, hashing) -> refused here
+    '{"\\udc00": 1}',
 ]
 
 
@@ -47,6 +50,7 @@ def test_hostile_json_is_a_value_error_in_milliseconds(text: str | bytes) -> Non
         ('{"a": [1, 2.5, "[[[[", {"b": null}]}', {"a": [1, 2.5, "[[[[", {"b": None}]}),
         ("[" * 32 + "]" * 32, nested(32)),  # the deepest allowed
         ('"\\u4f60\\u597d"', "你好"),
+        ('"\\ud83d\\ude00"', "😀"),  # a surrogate pair is one character
         (b'{"n": 12345678901234567890}', {"n": 12345678901234567890}),
     ],
 )

@@ -402,3 +402,21 @@ def test_hostile_session_cookies_are_just_logged_out(admin_client: FlaskClient, 
     admin_client.set_cookie("mimochat_admin", value, path="/admin")
     assert admin_client.get("/admin/").status_code == 302
     assert admin_client.get("/admin/api/stats").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 30_000, b'{"msgtype": ' + b"9" * 5000 + b"}", b"[1e999]", b'{"a": NaN}', b"\xff",
+     b'{"markdown": {"content": "\\ud800"}}', b"{"],
+)  # fmt: skip
+def test_response_sink_refuses_hostile_json_with_400(
+    admin_client: FlaskClient, body: bytes
+) -> None:
+    """Anyone may post to the sink: deep, huge or broken JSON is a 400, not a 503 + trace."""
+    res = admin_client.post(
+        "/admin/api/wecom/response?response_code=guessed",
+        data=body,
+        content_type="application/json",
+    )
+    assert res.status_code == 400
+    assert res.get_json()["errcode"] == 40008
