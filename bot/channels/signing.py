@@ -3,8 +3,8 @@
 Both sign a call the same way: `sha1(sorted(token, timestamp, nonce[, ciphertext]))` in the
 query string, with a Unix timestamp that must be fresh. A plaintext WeChat signature covers no
 body at all, so a signed query string that leaks (a proxy log, a referrer) could carry any
-body for as long as its timestamp stays fresh: `bind_body` ties each (timestamp, nonce) to the
-first body it came with. The AES itself is wechatpy's (`WeChatCrypto`, `PrpCrypto`).
+body for as long as its timestamp stays fresh: `bind_body` ties each signature triple
+(timestamp, nonce, signature) to the first body it came with. The AES itself is wechatpy's (`WeChatCrypto`, `PrpCrypto`).
 """
 
 from __future__ import annotations
@@ -88,20 +88,36 @@ def verify(
     return Signed(timestamp, nonce, signature)
 
 
+SEALED = "sealed"  # what an encrypted call leaves under its plaintext signature
+
+
 def bind_body(
     client: redis.Redis, channel: str, signed: Signed, body: bytes, window: int = 300
 ) -> None:
-    """Tie a verified call's (timestamp, nonce) to its body: the same body again is the
-    platform's retry and passes; another body under the same pair is refused (403).
+    """Tie a verified call's signature triple (timestamp, nonce, signature) to its body: the
+    same body again is the platform's retry and passes; another body is refused (403).
 
-    Keyed by (timestamp, nonce), not by the signature: in WeChat's compatible mode one call
-    carries both `signature` and `msg_signature`, and a captured URL must not be able to move
-    its plaintext `signature` onto a forged plaintext body. The record lives as long as the
-    timestamp can stay acceptable: it may be up to `window` ahead and `window` behind.
+    The record lives as long as the timestamp can stay acceptable: it may be up to `window`
+    ahead and `window` behind.
     """
-    pair = hashlib.sha256(f"{signed.timestamp}\n{signed.nonce}".encode()).hexdigest()
-    name = key("signed", channel, pair)
-    digest = hashlib.sha256(body).hexdigest()
+    _bind(client, channel, signed, hashlib.sha256(body).hexdigest(), window)
+
+
+def claim_signature(client: redis.Redis, channel: str, signed: Signed, window: int = 300) -> None:
+    """Mark a plaintext signature as spent by an encrypted call that carried it too.
+
+    WeChat's compatible-mode calls carry `signature` (over no body) next to `msg_signature`:
+    without the claim, the URL of a sealed message, once captured, could post a plaintext
+    body of anyone's choosing. A sealed retry (even re-encrypted) claims the same and passes.
+    """
+    _bind(client, channel, signed, SEALED, window)
+
+
+def _bind(client: redis.Redis, channel: str, signed: Signed, digest: str, window: int) -> None:
+    triple = f"{signed.timestamp}\n{signed.nonce}\n{signed.signature}"
+    name = key(
+        "signed", channel, hashlib.sha256(triple.encode("utf-8", "surrogatepass")).hexdigest()
+    )
     ttl = 2 * window + 1 if window else UNBOUNDED_TTL
     for _ in range(2):  # a record that expired between SET and GET is simply taken again
         if client.set(name, digest, nx=True, ex=ttl):
@@ -111,7 +127,7 @@ def bind_body(
             continue
         if isinstance(first, bytes):
             first = first.decode()
-        if hmac.compare_digest(str(first), digest):
+        if hmac.compare_digest(str(first).encode(), digest.encode()):
             return
         break
     raise ProtocolError(403, "this signature was already used with another body")

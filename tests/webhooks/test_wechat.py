@@ -222,6 +222,19 @@ def test_a_captured_signature_cannot_carry_another_body(
     assert not [j for j in queued_jobs(redis_client) if j["user"] == forger]
 
 
+def test_a_sealed_retry_encrypted_afresh_is_taken(client: FlaskClient, app) -> None:  # noqa: ANN001
+    """Should WeChat seal a retry again (new IV, so new ciphertext and msg_signature) under the
+    same timestamp and nonce, the binding takes it as the new call it is: acknowledged, once."""
+    user = unique()
+    xml = message_xml(user, ACCOUNT, content="sealed twice")
+    ts, nonce = str(int(time.time())), "4242424242"
+    for _ in range(2):
+        signed = sign_request(TOKEN, xml, aes_key=AES_KEY, app_id=APP_ID, timestamp=ts, nonce=nonce)
+        res = client.post("/wechat", query_string=signed.params, data=signed.body)
+        assert res.status_code == 200
+    assert len([j for j in queued_jobs(app.extensions["mimochat"].redis) if j["user"] == user]) == 1
+
+
 @pytest.mark.parametrize(
     "timestamp", ["9" * 5000, "1" + "0" * 400, "-1", "1e10", "١٧٠٠٠٠٠٠٠٠", "+1700000000"]
 )

@@ -22,6 +22,7 @@ from bot.channels.signing import (
     ProtocolError,
     Signed,
     bind_body,
+    claim_signature,
     new_nonce,
     parse_timestamp,
     sign,
@@ -83,8 +84,8 @@ class WeChatCodec:
     def verify_url(self, args: dict[str, str], client: redis.Redis | None = None) -> str:
         """Answer the GET handshake: the raw echostr when the signature holds.
 
-        With `client`, the handshake's (timestamp, nonce) is bound too: its signature is the
-        one a plaintext message carries, so a logged handshake URL must not post a message.
+        With `client`, the handshake's signature is bound too: it is the very signature a
+        plaintext message carries, so a logged handshake URL must not post a message.
         """
         signed = self._check(args)
         echostr = args.get("echostr", "")
@@ -95,7 +96,7 @@ class WeChatCodec:
     def open(self, args: dict[str, str], body: bytes, client: redis.Redis | None = None) -> Inbound:
         """Verify a POSTed message and decrypt it in safe/compatible mode.
 
-        With `client`, the call's (timestamp, nonce) is bound to this body (see `bind_body`):
+        With `client`, the call's signature triple is bound to this body (see `bind_body`):
         the same call again is WeChat's retry, the same signature with another body is a 403.
         """
         try:
@@ -132,6 +133,10 @@ class WeChatCodec:
         except Exception as exc:  # bad base64 / padding: the body is not what WeChat sends
             raise ProtocolError(400, "cannot decrypt <Encrypt>") from exc
         self._bind(client, signed, body)
+        if client is not None and args.get("signature"):
+            # The plaintext signature this call carries is spent: no plaintext body after it.
+            spent = Signed(signed.timestamp, signed.nonce, args["signature"])
+            claim_signature(client, "wechat", spent, self.timestamp_window)
         return Inbound(plain, True, signed.timestamp, signed.nonce)
 
     def _bind(self, client: redis.Redis | None, signed: Signed, body: bytes) -> None:

@@ -110,7 +110,7 @@ class WeComCodec:
     def open(self, args: dict[str, str], body: bytes, client: redis.Redis | None = None) -> str:
         """Verify a POSTed callback `{"encrypt": ...}` and return its decrypted JSON text.
 
-        With `client`, the call's (timestamp, nonce) is bound to this body (`bind_body`).
+        With `client`, the call's signature triple is bound to this body (`bind_body`).
         """
         try:
             envelope = load_json(body, max_depth=ENVELOPE_MAX_DEPTH)

@@ -11,6 +11,7 @@ from bot.channels.signing import (
     ProtocolError,
     Signed,
     bind_body,
+    claim_signature,
     new_nonce,
     parse_timestamp,
     sign,
@@ -95,11 +96,23 @@ def test_a_body_is_bound_to_its_call(redis_client: redis.Redis) -> None:
     with pytest.raises(ProtocolError) as err:
         bind_body(redis_client, channel, call, b"<xml>forged</xml>", window=300)
     assert err.value.status == 403
-    # Another signature over the same (timestamp, nonce) is the same call: still bound.
-    with pytest.raises(ProtocolError):
-        bind_body(redis_client, channel, Signed(call.timestamp, call.nonce, "other"), b"x")
-    # Another call is free; the record lives as long as the timestamp can stay acceptable.
+    # Another triple is another call; the record lives as long as the timestamp can stay
+    # acceptable (up to a window ahead, then a window behind).
+    bind_body(redis_client, channel, Signed(call.timestamp, call.nonce, "other"), b"x")
     other = Signed(call.timestamp, new_nonce(), "sig")
     bind_body(redis_client, channel, other, b"<xml>forged</xml>", window=300)
-    [name] = redis_client.keys(f"mimochat:signed:{channel}:*")[:1]
-    assert 600 <= redis_client.ttl(name) <= 601
+    names = redis_client.keys(f"mimochat:signed:{channel}:*")
+    assert len(names) == 3
+    assert all(600 <= redis_client.ttl(name) <= 601 for name in names)
+
+
+def test_a_sealed_call_spends_its_plaintext_signature(redis_client: redis.Redis) -> None:
+    """The plaintext signature next to msg_signature cannot carry a plaintext body later, while
+    the sealed call's retries (claiming it again) pass."""
+    channel = unique("test")
+    plain = Signed(str(int(time.time())), new_nonce(), "plain-signature")
+    claim_signature(redis_client, channel, plain)
+    claim_signature(redis_client, channel, plain)
+    with pytest.raises(ProtocolError) as err:
+        bind_body(redis_client, channel, plain, b"<xml>forged plaintext</xml>")
+    assert err.value.status == 403
