@@ -126,7 +126,9 @@ def check_secret(
     if state == "throttled":
         return Verdict.THROTTLED
     if state == "known":
-        return Verdict.WRONG
+        # Counted already: a repeat costs nothing. Compared all the same, since the secret
+        # recorded may be the right one admitted a moment ago by a concurrent request.
+        return Verdict.OK if token_matches(given, expected) else Verdict.WRONG
     if not token_matches(given, expected):
         return Verdict.WRONG
     # Redis gone since the admission: one attempt stays counted until the window ends.

@@ -272,6 +272,19 @@ def test_concurrent_wrong_tokens_admit_exactly_the_limit(admin_app: Flask, how: 
     assert codes == {401: guard.CLIENT_MAX, 429: 40 - guard.CLIENT_MAX}
 
 
+def test_concurrent_right_tokens_all_get_in(admin_app: Flask) -> None:
+    """A script's parallel calls with the right token never trip the throttle themselves."""
+    clients = [_attempt(admin_app, "bearer", ADMIN_TOKEN) for _ in range(30)]
+    start = threading.Barrier(len(clients))
+
+    def go(client: FlaskClient) -> int:
+        start.wait()
+        return _present(client, "bearer")
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        assert set(pool.map(go, clients)) == {200}
+
+
 def test_bearer_is_throttled_with_retry_after(admin_app: Flask, logged_in: Browser) -> None:
     script = admin_app.test_client()  # same address as the browser, no session, no device
     for i in range(guard.CLIENT_MAX):
