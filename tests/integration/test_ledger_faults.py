@@ -264,7 +264,9 @@ def test_a_worker_without_the_model_libraries_takes_nothing(
         assert stack.post(message_xml(u, ACCOUNT, content="hello")).text == "success"
     fake = tmp_path / "no-torch" / "torch"
     fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    (fake / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
+    )
     env = {**stack.env, "PYTHONPATH": f"{fake.parent}{os.pathsep}{ROOT}"}
     from bot.cli.supervisor import worker_argv
 

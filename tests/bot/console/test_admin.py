@@ -12,10 +12,11 @@ from bot.channels.wecom import simulator as simulator_wecom
 from bot.channels.wecom.streams import HANDOVER_NOTE
 from bot.console import admin
 from bot.core import jobs
+from bot.core.contracts import Answer
 from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
 from bot.pipeline.conversations import Conversations
-from tests.helpers import unique
+from tests.helpers import make_job, unique
 
 
 @pytest.mark.parametrize(
@@ -71,9 +72,9 @@ def test_job_view_shows_progress_then_the_answer(
     view = admin.job_view(redis_client, settings, job_id)
     assert view["progress"] == {"state": "thinking", "answer": "", "reasoning": "Let me think"}
     assert not view["done"] and view["answer"] is None
+    job = make_job(user, "why?").model_copy(update={"job_id": job_id})
     Conversations(redis_client, 60, 5).record(
-        {"job_id": job_id, "channel": "wechat", "user": user, "text": "why?"},
-        {"answer": "Because.", "reasoning": "Let me think", "answer_tokens": 2},
+        job, Answer(job=job, answer="Because.", reasoning="Let me think", answer_tokens=2)
     )
     jobs.record(redis_client, job_id, "delivered", parts=1)
     view = admin.job_view(redis_client, settings, job_id)

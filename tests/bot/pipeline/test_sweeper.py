@@ -72,14 +72,17 @@ def test_a_live_workers_message_is_left_alone(
 ) -> None:
     ledger, actions = Ledger(redis_client, settings), Recorded()
     host = unique("alive@")
-    workers.beat(redis_client, host, ["gpu"], "ready")
-    record = workers.online(redis_client)
-    pid = next(w["pid"] for w in record if w["hostname"] == host)
-    job = queued(ledger, "generating", worker=f"{host}:{pid}")
-    assert mine(sweep(redis_client, settings, actions), job) == []
-    # The same name under a new process (a restarted worker) does not hold it any more.
-    other = queued(ledger, "generating", worker=f"{host}:{pid + 1}")
-    assert mine(sweep(redis_client, settings, actions), other) == [("generating", "requeue")]
+    workers.beat(redis_client, host, ["sweeper-test"], "ready")  # a queue no other test reads
+    try:
+        record = workers.online(redis_client)
+        pid = next(w["pid"] for w in record if w["hostname"] == host)
+        job = queued(ledger, "generating", worker=f"{host}:{pid}")
+        assert mine(sweep(redis_client, settings, actions), job) == []
+        # The same name under a new process (a restarted worker) does not hold it any more.
+        other = queued(ledger, "generating", worker=f"{host}:{pid + 1}")
+        assert mine(sweep(redis_client, settings, actions), other) == [("generating", "requeue")]
+    finally:
+        workers.gone(redis_client, host)
 
 
 def test_after_the_last_attempt_the_user_gets_the_apology(

@@ -12,13 +12,14 @@ from flask.testing import FlaskClient
 from bot.channels.wecom import streams as wecom
 from bot.channels.wecom.api import post_markdown
 from bot.core import jobs
+from bot.core.contracts import Answer
 from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
 from bot.core.store import connect
 from bot.pipeline import commands, moderation
 from bot.pipeline.conversations import Conversations
 from tests.conftest import Stack
-from tests.helpers import ADMIN_TOKEN, unique
+from tests.helpers import ADMIN_TOKEN, make_job, unique
 
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -129,9 +130,9 @@ def test_conversations_search_open_reset_block(
     user = unique("o_search")
     job_id = unique("job")
     jobs.record(client, job_id, "received", channel="wechat", user=user, text="hello there")
+    job = make_job(user, "hello there").model_copy(update={"job_id": job_id})
     Conversations(client, 3600, 10).record(
-        {"job_id": job_id, "channel": "wechat", "user": user, "text": "hello there"},
-        {"answer": "hi!", "reasoning": "they greet me"},
+        job, Answer(job=job, answer="hi!", reasoning="they greet me")
     )
     rows = call(base, "GET", "conversations", params={"user": user[-8:]}).json()["conversations"]
     assert [r["user"] for r in rows] == [user]
