@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, Response, request
 
+from bot.channels.wechat import sandbox
 from bot.channels.wechat.passive import respond
 from bot.channels.wechat.protocol import parse_message, render_text_reply
 from bot.pipeline.ingest import ingest
@@ -31,9 +32,11 @@ def receive() -> Response:
     # Verify: signature, freshness, safe mode, and one body per signature (the binding).
     inbound = s.wechat.open(request.args.to_dict(), request.get_data(), client=s.redis)
     message = parse_message(inbound.xml)
-    decision = ingest(
-        message, settings=s.settings, client=s.redis, enqueue=s.producer.generation
-    )
+    if s.settings.sandbox:
+        # The fake WeChat plays WeChat's server: a message it saw opens the user's window, so
+        # any WeChat-like client (not only `mimochat send`) gets its answer in the outbox.
+        sandbox.user_wrote(s.settings, s.redis, message)
+    decision = ingest(message, settings=s.settings, client=s.redis, enqueue=s.producer.generation)
     reply = respond(message, decision, settings=s.settings, client=s.redis, started=started)
     metrics.note(decision, held=reply.hold > 0)
     if reply.hold:

@@ -97,3 +97,13 @@ def test_token_invalidated_elsewhere_is_refreshed(stack: Stack) -> None:
     ).raise_for_status()
     stack.say(user, "again")
     assert len(settle(stack, user, 2, quiet=1.0)) == 2
+
+
+def test_any_wechat_like_client_gets_its_answer_in_the_outbox(stack: Stack) -> None:
+    """A signed message posted straight to /wechat (no sandbox call first): the sandbox opens
+    the user's window as WeChat's server does, so the answer lands in the outbox, once."""
+    user = unique()
+    assert (
+        post(stack, message_xml(user, ACCOUNT, content="hello from any client")).text == "success"
+    )
+    assert len(settle(stack, user, 1)) == 1

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from bot.channels.wechat import simulator
+from bot.core.contracts import IncomingMessage
 from bot.core.settings import Settings
 from bot.core.store import key
 
@@ -114,6 +115,12 @@ def open_window(settings: Settings, client: redis.Redis, user: str) -> None:
         pipe.hset(_window_key(user), mapping={"opened_at": f"{time.time():.3f}", "used": 0})
         pipe.expire(_window_key(user), settings.wechat_cs_window)
         pipe.execute()
+
+
+def user_wrote(settings: Settings, client: redis.Redis, message: IncomingMessage) -> None:
+    """A verified message reached the webhook: as on WeChat, the sender's window opens."""
+    if message.event != "unsubscribe":
+        open_window(settings, client, message.user)
 
 
 def window_refusal(settings: Settings, client: redis.Redis, user: str, counts: bool) -> Answer:
