@@ -43,7 +43,9 @@ def demo_environ(port: int, environ: dict[str, str] | None = None) -> dict[str, 
     return env
 
 
-def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
+def _run_all(
+    env: dict[str, str], host: str, port: int, title: str, server: str = "gunicorn"
+) -> int:
     from bot.cli.ports import port_problem
     from bot.cli.supervisor import Supervisor, web_argv, worker_argv
     from bot.core.logs import setup_logging
@@ -67,7 +69,9 @@ def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
             argv = embedded_argv(settings.data_path)
             sup.add("redis", argv, restart=True, ready=lambda: answers(url), stop_last=True)
         settings = settings.replace(redis_url=url)
+    web = web_argv(host, port, server, settings.web_processes, settings.web_threads)
     print(f"\n{title} — webhook: http://{host}:{port}/wechat")
+    print(f"  web server: {_server_line(web)}")
     for name, value in sorted(settings.redacted().items()):
         print(f"  {name}={value}")
     if settings.sandbox:
@@ -81,7 +85,7 @@ def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
     # timeout. The web drains its requests in a second or two; Redis writes its file.
     worker = worker_argv("gpu,io", settings.gpu_concurrency, "mimochat")
     sup.add("worker", worker, restart=True, death_signal=signal.SIGKILL)
-    sup.add("web", web_argv(host, port), restart=False)
+    sup.add("web", web, restart=False)
     code = sup.run()
     if sup.reason:  # the last line: why it stopped on its own (a worker's engine did not load)
         print(f"{title} stopped: {sup.reason}", file=sys.stderr)
@@ -91,7 +95,8 @@ def _run_all(env: dict[str, str], host: str, port: int, title: str) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on this machine with the tiny model and the sandbox WeChat API."""
     env = demo_environ(args.port)
-    return _run_all(env, args.host, args.port, "mimochat demo")
+    # werkzeug starts in a fraction of gunicorn's time; the demo's load is one person typing.
+    return _run_all(env, args.host, args.port, "mimochat demo", server="werkzeug")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -100,17 +105,26 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    """Only the web server."""
-    load_or_exit(program="mimochat web")  # before Flask is even imported
+    """Only the web server (gunicorn, as in the containers)."""
+    settings = load_or_exit(program="mimochat web")  # before Flask is even imported
     from bot.cli.ports import port_problem
+    from bot.cli.supervisor import web_argv
 
     if problem := port_problem(args.host, args.port):
         print(f"mimochat web: {problem}", file=sys.stderr)
         return 1
-    from webhooks.__main__ import main as web_main
+    argv = web_argv(args.host, args.port, "gunicorn", settings.web_processes, settings.web_threads)
+    print(f"mimochat web: {_server_line(argv)}", flush=True)
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
 
-    web_main(["--host", args.host, "--port", str(args.port)])
-    return 0
+
+def _server_line(argv: list[str]) -> str:
+    """Which web server a command line runs, in words, for the banner."""
+    if "gunicorn" not in argv:
+        return "werkzeug (threaded development server, one process)"
+    workers, threads = argv[argv.index("--workers") + 1], argv[argv.index("--threads") + 1]
+    return f"gunicorn gthread, {workers} process(es) x {threads} thread(s)"
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -165,6 +179,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             return 2
         elapsed_ms = (time.perf_counter() - t0) * 1000
         print(f"try {attempt + 1}: HTTP {last.status_code} in {elapsed_ms:.1f} ms")
+    assert last is not None  # the loop runs at least once
     if last.status_code != 200:
         print(f"webhook refused the message: {last.text.strip()}", file=sys.stderr)
         return 1

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, Response, redirect, render_template, request, session, url_for
+from flask import Blueprint, redirect, render_template, request, session, url_for
+from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from bot.channels.wechat import simulator
 from bot.channels.wecom import simulator as simulator_wecom
@@ -90,7 +91,7 @@ def login():  # noqa: ANN201
 
 
 @bp.post("/logout")
-def logout() -> Response:
+def logout() -> WerkzeugResponse:
     """End the session (a CSRF-protected POST, so no page can log you out)."""
     if logged_in() and csrf_ok():
         session.clear()
@@ -144,7 +145,7 @@ def conversations():  # noqa: ANN201
 
 @bp.post("/conversations/reset")
 @login_required
-def reset_conversation() -> Response:
+def reset_conversation() -> WerkzeugResponse:
     """Forget one user's conversation."""
     s = services()
     channel, user = request.form.get("channel", ""), request.form.get("user", "")
@@ -155,7 +156,7 @@ def reset_conversation() -> Response:
 
 @bp.post("/conversations/block")
 @login_required
-def block_user() -> Response:
+def block_user() -> WerkzeugResponse:
     """Block or unblock one user."""
     s = services()
     channel, user = request.form.get("channel", ""), request.form.get("user", "")
