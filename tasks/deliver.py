@@ -7,7 +7,7 @@ WeChat refuses for good) parks the answer for the user's next message (`on_failu
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Celery, Task
 
@@ -22,6 +22,18 @@ from tasks import dispatch, runtime
 from tasks.names import DELIVER, IO_QUEUE, TYPING, WECOM_CHECK
 
 log = logging.getLogger(__name__)
+
+
+Payload = TypeVar("Payload", Answer, StreamCheck)
+
+
+def _read(model: type[Payload], payload: Any) -> Payload | None:
+    """The payload as `model`, or None with a log line (the ledger's sweeper redelivers it)."""
+    try:
+        return model.from_wire(payload)
+    except ContractError as exc:
+        log.error("%s payload refused (%s); the sweeper redelivers it", model.__name__, exc)
+        return None
 
 
 class Retry(Exception):
@@ -47,10 +59,8 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name=DELIVER, bind=True, acks_late=True, on_failure=undelivered, **options)
     def deliver(self: Task, payload: Any) -> None:
-        try:
-            result = Answer.from_wire(payload)
-        except ContractError as exc:
-            log.error("delivery payload refused (%s); the sweeper redelivers it", exc)
+        result = _read(Answer, payload)
+        if result is None:
             return
         client = runtime.redis_client(settings)
         try:
@@ -99,10 +109,8 @@ def register(app: Celery, settings: Settings) -> None:
 
     @app.task(name=WECOM_CHECK, bind=True, acks_late=True, on_failure=not_posted, **options)
     def check(self: Task, payload: Any) -> str:
-        try:
-            job = StreamCheck.from_wire(payload)
-        except ContractError as exc:
-            log.error("stream check refused (%s); the sweeper redelivers it", exc)
+        job = _read(StreamCheck, payload)
+        if job is None:
             return "refused"
         try:
             return streams.check_stream(
