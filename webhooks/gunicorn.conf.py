@@ -13,19 +13,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from typing import Any
 
+from bot.cli.supervisor import web_shape
 from bot.core.settings import load_or_exit
 
 # Bad settings stop the master here, named, before any worker is forked.
 _settings = load_or_exit(program="gunicorn (webhooks)")
-multiproc_dir = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), "mimochat-prometheus")
-)
+_shape = web_shape(_settings.web_processes, _settings.web_threads)
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# MIMOCHAT_WEB_PROCESSES / _THREADS; the older WEB_CONCURRENCY / GUNICORN_THREADS still win.
+workers = int(os.environ.get("WEB_CONCURRENCY") or _shape[0])
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS") or _shape[1])
 # Webhooks answer in milliseconds; a request still running after 30 s is stuck.
 timeout = 30
 graceful_timeout = int(_settings.shutdown_grace)
@@ -33,14 +34,28 @@ keepalive = 5
 accesslog = None  # one structured line per message stage is logged instead
 
 
-def on_starting(server: object) -> None:
-    """Start with no figures left from an earlier run."""
-    shutil.rmtree(multiproc_dir, ignore_errors=True)
-    os.makedirs(multiproc_dir, exist_ok=True)
+def on_starting(server: Any) -> None:
+    """Start with no figures left from an earlier run; one folder per port unless one is set.
+
+    Per port, so two servers on one machine (two `mimochat up`, parallel test stacks) never
+    empty each other's figures. Workers load the app after this, so they see the variable.
+    """
+    port = str(server.cfg.bind[0]).rsplit(":", 1)[-1] if server.cfg.bind else "8000"
+    folder = os.environ.setdefault(
+        "PROMETHEUS_MULTIPROC_DIR",
+        os.path.join(tempfile.gettempdir(), f"mimochat-prometheus-{port}"),
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder, exist_ok=True)
+    server.log.info(
+        "mimochat web: gunicorn gthread, %d process(es) x %d thread(s)",
+        server.cfg.workers,
+        server.cfg.threads,
+    )
 
 
-def child_exit(server: object, worker: object) -> None:
+def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges (its counters stay counted)."""
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+    multiprocess.mark_process_dead(worker.pid)

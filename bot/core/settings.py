@@ -204,6 +204,18 @@ class Settings(BaseSettings):
         "Seconds SIGTERM waits for running generations/requests before handing jobs back.",
         ge=0,
     )
+    web_processes: int = setting(
+        "MIMOCHAT_WEB_PROCESSES",
+        0,
+        "gunicorn processes serving the webhooks (mimochat up/web, containers); 0: one per core.",
+        ge=0,
+    )
+    web_threads: int = setting(
+        "MIMOCHAT_WEB_THREADS",
+        16,
+        "Threads per web process; a passive-mode call holds one for up to ~5 s per WeChat try.",
+        ge=1,
+    )
     metrics_port: int = setting(
         "MIMOCHAT_METRICS_PORT",
         9540,
