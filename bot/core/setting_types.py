@@ -54,6 +54,13 @@ def _redis_url(value: str) -> str:
     return value
 
 
+def _ws_url(value: str) -> str:
+    parts = urlsplit(value)
+    if not (parts.scheme in ("ws", "wss") and parts.netloc):
+        raise ValueError("not a WebSocket URL")
+    return value
+
+
 def _device(value: str) -> str:
     if not _DEVICE.fullmatch(value):
         raise ValueError("not a device")
@@ -76,6 +83,7 @@ def _upper(value: Any) -> Any:
 
 HttpUrlStr = Annotated[str, AfterValidator(_http_url)]
 RedisUrlStr = Annotated[str, AfterValidator(_redis_url)]
+WsUrlStr = Annotated[str, AfterValidator(_ws_url)]
 DeviceStr = Annotated[str, BeforeValidator(_lower), AfterValidator(_device)]
 AdminTokenStr = Annotated[str, AfterValidator(_admin_token)]
 # The engine and the logger have always read these two in any case; keep accepting that.

@@ -35,6 +35,7 @@ from bot.core.setting_types import (
     RedisUrlStr,
     ReplyMode,
     WecomScope,
+    WsUrlStr,
     describe,
     setting,
 )
@@ -44,6 +45,7 @@ WECOM_SCOPES: tuple[str, ...] = get_args(WecomScope)
 BACKENDS: tuple[str, ...] = get_args(Backend)
 SECRET_FIELDS = frozenset(
     {"wechat_app_secret", "wechat_aes_key", "wecom_bot_aes_key", "admin_token", "openai_api_key"}
+    | {"wecom_bot_secret"}
 )
 
 
@@ -163,6 +165,18 @@ class Settings(BaseSettings):
         1.0,
         "Seconds between the stream refreshes of the sandbox WeCom and the console's simulator.",
         gt=0,
+    )
+    wecom_bot_id: str = setting(
+        "WECOM_BOT_ID", "", "Bot id of the WeCom robot's long connection; with the secret, runs it."
+    )
+    wecom_bot_secret: str = setting(
+        "WECOM_BOT_SECRET", "", "Secret of the WeCom robot's long connection (WeCom's admin page)."
+    )
+    wecom_ws_url: WsUrlStr = setting(
+        "WECOM_WS_URL",
+        "wss://openws.work.weixin.qq.com",
+        "WebSocket URL of the WeCom robot's long connection.",
+        allowed="a ws:// or wss:// URL",
     )
     # Infrastructure
     redis_url: RedisUrlStr = setting(

@@ -257,7 +257,12 @@ def _finish(client: redis.Redis, state: dict[str, str], via: str) -> None:
 
 
 def ingest(
-    message: IncomingMessage, *, settings: Settings, client: redis.Redis, enqueue: Enqueue
+    message: IncomingMessage,
+    *,
+    settings: Settings,
+    client: redis.Redis,
+    enqueue: Enqueue,
+    via: str = "webhook",
 ) -> Reply:
     """Decide the reply to one callback: refresh, event, duplicate, command, notice or question."""
     if message.kind == "stream":
@@ -279,6 +284,7 @@ def ingest(
         created_at=f"{time.time():.3f}",
         response_url=message.response_url,
         key=msg_key,
+        via=via,  # "ws": the long-connection connector delivers it, not check_stream
     )
     ledger = Ledger(client)
     if msg_key:
@@ -441,6 +447,8 @@ def check_stream(
         return "gone"
     if state.get("final_by") in ("stream", "immediate"):
         return "finished"
+    if state.get("via") == "ws":
+        return "connector"  # the long connection pushes it (bot.channels.wecom.connector)
     if state.get("posted_at"):
         return "posted"
     job_id = state.get("job_id", "")
