@@ -1,8 +1,9 @@
 """`celery -A tasks.worker worker`: settings from the environment, engine loaded first.
 
 Celery signals hook in what a production worker needs: a heartbeat in Redis (tasks/heartbeat.py),
-its Prometheus metrics on `MIMOCHAT_METRICS_PORT`, the request id of the job it runs on every
-log line, and a bounded warm shutdown (tasks/shutdown.py).
+its Prometheus metrics on `MIMOCHAT_METRICS_HOST`:`MIMOCHAT_METRICS_PORT` (127.0.0.1 unless
+set), the request id of the job it runs on every log line, and a bounded warm shutdown
+(tasks/shutdown.py).
 """
 
 from __future__ import annotations
@@ -73,26 +74,30 @@ def stop_heartbeat(**_: object) -> None:
         _running.pop("sweeper").stop()
 
 
-def start_metrics_server(port: int) -> int:
-    """Serve this process's metrics on `port` (all interfaces); 0 if off or the port is taken."""
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> int:
+    """Serve this process's metrics on host:port; 0 if off or the port is taken.
+
+    Loopback unless MIMOCHAT_METRICS_HOST says otherwise: the figures are nobody else's business
+    until an operator opens them to a Prometheus elsewhere (in containers: 0.0.0.0).
+    """
     if not port:
         return 0
     from prometheus_client import start_http_server
 
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:
         # A second worker on the same machine: it works on, without its own metrics.
-        log.warning("metrics server not started on port %d: %s", port, exc)
+        log.warning("metrics server not started on %s:%d: %s", host, port, exc)
         return 0
-    log.info("metrics on http://0.0.0.0:%d/metrics", port)
+    log.info("metrics on http://%s:%d/metrics", host, port)
     return port
 
 
 @worker_ready.connect
 def on_ready(sender: Any, **_: object) -> None:
     """Serve metrics once the worker consumes; keep its consumer for a bounded shutdown."""
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, settings.metrics_host)
     _running["consumer"] = sender
     # Every worker runs a sweeper; a Redis lease lets one sweep at a time (bot.pipeline.sweeper).
     client = runtime.redis_client(settings)

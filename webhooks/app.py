@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json = GuardedJSONProvider(app)
+    app.json.ensure_ascii = False  # Chinese stays Chinese in every JSON answer
     app.extensions["mimochat"] = Services(
         settings=settings,
         redis=connect(resolve_url(settings)),

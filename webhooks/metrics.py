@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import redis
 from flask import Blueprint, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.core import jobs, logs, metrics
@@ -138,14 +138,28 @@ class RedisFigures(Collector):
             return Counter(stage for stage in pipe.execute() if stage)
 
 
+class WebOnly(Collector):
+    """A registry's families but the worker-only series (which would read 0 here, not absent)."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name not in metrics.WORKER_ONLY:
+                yield family
+
+
 def _process_registry() -> CollectorRegistry:
+    source = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # every gunicorn worker's figures
-        return registry
-    return REGISTRY
+        source = CollectorRegistry()
+        multiprocess.MultiProcessCollector(source)  # every gunicorn worker's figures
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WebOnly(source))
+    return registry
 
 
 @bp.get("/metrics")

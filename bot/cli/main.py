@@ -6,9 +6,11 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,17 +37,59 @@ DEMO_ENV = {
 log = logging.getLogger("mimochat")
 
 
-def demo_environ(port: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+def demo_environ(
+    port: int, environ: dict[str, str] | None = None, cwd: Path | None = None
+) -> dict[str, str]:
     """The demo's settings: built-in defaults, then `.env`, then the environment (which wins)."""
     env = dict(DEMO_ENV, WECHAT_API_BASE=f"http://127.0.0.1:{port}/sandbox/wechat/")
-    env.update(read_dotenv(Path.cwd() / ".env"))
+    env.update(read_dotenv((cwd or Path.cwd()) / ".env"))
     env.update(os.environ if environ is None else environ)
     return env
+
+
+def self_command() -> str:
+    """How this shell runs `mimochat`: the bare name when PATH finds this very program, else its
+    path (`.venv/bin/mimochat` after `make`), so a printed command can be pasted as it is."""
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "mimochat"
+    if not Path(program).is_file():  # `python -m ...`, or an argv we cannot run again
+        return "mimochat"
+    found = shutil.which("mimochat")
+    if found and os.path.samefile(found, program):
+        return "mimochat"
+    relative = os.path.relpath(program)
+    return relative if not relative.startswith("..") else str(Path(program).resolve())
+
+
+def _demo_banner(host: str, port: int, settings: Settings) -> None:
+    """What a newcomer needs next: where state lives, the commands to try, the warnings to expect."""
+    base = f"http://{host}:{port}"
+    url = "" if port == DEMO_PORT else f" --url {base}/wechat"
+    print(f"  data: {settings.data_path} (embedded Redis, histories, the tiny model)")
+    print("    kept between runs; `mimochat demo --fresh` starts from a new, empty data directory")
+    print(f"  sandbox outbox: {base}/sandbox/wechat/outbox?touser=USER")
+    print(f'  try: {self_command()} send "What is 2+2?"{url}')
+    print("    (the tiny model has random weights: its answers are noise; the pipeline is real)")
+    print(f"  WeCom group sandbox: POST {base}/sandbox/wecom/send")
+    print(f"    then GET {base}/sandbox/wecom/chat?chatid=sandbox_group")
+    if settings.admin_token:
+        print(f"  console: {base}/admin/ (log in with ADMIN_TOKEN)")
+    else:
+        print(f"  console: off; start with ADMIN_TOKEN=<16+ characters> to open {base}/admin/")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Celery warns (SecurityWarning) whenever a worker runs as root, whatever the settings;
+        # the demo does not hide it: it is right for a deployment.
+        print(
+            "  running as root: Celery will warn that a worker with superuser privileges is not"
+            " recommended.\n    Harmless for this local demo (JSON messages only, Redis on a local"
+            " socket); run a deployment as an ordinary user."
+        )
+    print()
 
 
 def _run_all(
     env: dict[str, str], host: str, port: int, title: str, server: str = "gunicorn"
 ) -> int:
+    from bot.cli import running
     from bot.cli.ports import port_problem
     from bot.cli.supervisor import Supervisor, web_argv, worker_argv
     from bot.core.logs import setup_logging
@@ -75,10 +119,11 @@ def _run_all(
     for name, value in sorted(settings.redacted().items()):
         print(f"  {name}={value}")
     if settings.sandbox:
-        print(f"  sandbox outbox: http://{host}:{port}/sandbox/wechat/outbox?touser=USER")
-        print('  try: mimochat send "What is 2+2?"')
-        print(f"  WeCom group sandbox: POST http://{host}:{port}/sandbox/wecom/send")
-        print(f"    then GET http://{host}:{port}/sandbox/wecom/chat?chatid=sandbox_group\n")
+        _demo_banner(host, port, settings)
+    # `send` and `doctor` in another shell find this demo (and its settings) through this file.
+    found = None
+    if settings.sandbox:
+        found = running.record(host, port, settings.data_path, str(settings.redis_url))
     # If this process is killed outright, the worker is too (SIGKILL, not the SIGTERM of the
     # others): a warm shutdown would wait on a Redis that may be dying with us, and it loses
     # nothing, since jobs are acknowledged only once done and come back after the visibility
@@ -86,7 +131,11 @@ def _run_all(
     worker = worker_argv("gpu,io", settings.gpu_concurrency, "mimochat")
     sup.add("worker", worker, restart=True, death_signal=signal.SIGKILL)
     sup.add("web", web, restart=False)
-    code = sup.run()
+    try:
+        code = sup.run()
+    finally:
+        if found:
+            running.forget(found)
     if sup.reason:  # the last line: why it stopped on its own (a worker's engine did not load)
         print(f"{title} stopped: {sup.reason}", file=sys.stderr)
     return code
@@ -95,6 +144,14 @@ def _run_all(
 def cmd_demo(args: argparse.Namespace) -> int:
     """Everything on this machine with the tiny model and the sandbox WeChat API."""
     env = demo_environ(args.port)
+    if getattr(args, "fresh", False):
+        from bot.cli.running import FRESH_DIR
+
+        # A new empty directory: its own Redis, so no answer, history or count of an earlier run.
+        fresh = FRESH_DIR.expanduser() / time.strftime("%Y%m%d-%H%M%S")
+        fresh.mkdir(parents=True, exist_ok=True)
+        env["MIMOCHAT_DATA_DIR"] = str(fresh)
+        print(f"mimochat demo: fresh data directory {fresh} (earlier ones stay in {fresh.parent})")
     # werkzeug starts in a fraction of gunicorn's time; the demo's load is one person typing.
     return _run_all(env, args.host, args.port, "mimochat demo", server="werkzeug")
 
@@ -147,9 +204,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     settings = load_or_exit(env, program="mimochat send")
     if args.admin:
         return _send_via_admin(args, settings)
-    args.url = args.url or f"http://127.0.0.1:{DEMO_PORT}/wechat"
-    if not settings.wechat_token:
-        settings = load_or_exit(demo_environ(DEMO_PORT, env), dotenv=False, program="mimochat send")
+    if not args.url:
+        found = _the_demo()
+        if found is None:
+            return 2
+        args.url = f"{found}/wechat"
+    if not settings.wechat_token:  # the demo's fixed credentials, on the port we post to
+        port = urlsplit(args.url).port or DEMO_PORT
+        settings = load_or_exit(demo_environ(port, env), dotenv=False, program="mimochat send")
     xml = message_xml(args.user, args.account, content=args.text)
     parts = urlsplit(args.url)
     outbox = f"{parts.scheme}://{parts.netloc}/sandbox/wechat/outbox"
@@ -175,7 +237,11 @@ def cmd_send(args: argparse.Namespace) -> int:
                 args.url, params=signed.params, data=signed.body.encode(), timeout=15
             )
         except requests.RequestException as exc:
-            print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+            print(
+                f"cannot reach {args.url}: {type(exc).__name__}. Is the demo running? Start it "
+                "with `make demo` (or `mimochat demo`), or pass --url URL of a running webhook.",
+                file=sys.stderr,
+            )
             return 2
         elapsed_ms = (time.perf_counter() - t0) * 1000
         print(f"try {attempt + 1}: HTTP {last.status_code} in {elapsed_ms:.1f} ms")
@@ -205,6 +271,21 @@ def cmd_send(args: argparse.Namespace) -> int:
     for msg in answer:
         print(f"  {msg['content']}")
     return 0
+
+
+def _the_demo() -> str | None:
+    """The base URL `send` posts to without --url: the one demo running here, else the default.
+
+    None (having said why) when several run: which one is meant is the user's choice.
+    """
+    from bot.cli.running import demos
+
+    found = demos()
+    if len(found) > 1:
+        urls = ", ".join(f"{d['url']}/wechat" for d in found)
+        print(f"several demos run on this machine ({urls}): pass --url", file=sys.stderr)
+        return None
+    return found[0]["url"] if found else f"http://127.0.0.1:{DEMO_PORT}"
 
 
 def _admin_call(args: argparse.Namespace, settings: Settings, method: str, path: str, **kw):  # noqa: ANN001, ANN202
@@ -283,7 +364,8 @@ def _send_via_admin(args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_timeline(view: dict) -> None:
     for row in view.get("timeline", []):
-        after = "" if row["after"] is None else f"+{row['after']:.2f}s "
+        # Stages are stamped by different processes' clocks: a few ms "before" the start is 0.
+        after = "" if row["after"] is None else f"+{max(0.0, row['after']):.2f}s "
         print(f"  {row['stage']:<12} {after}{row['detail']}")
 
 
@@ -341,16 +423,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the configuration and every dependency; non-zero exit names what is wrong."""
     from bot.console.doctor import Check, run_checks
 
+    # Which settings are checked is said first (on stderr with --json, which stays parseable).
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print
     try:
         settings = Settings.from_env()
     except SettingsError as exc:  # the settings not allowed are the findings; nothing else runs
         results = [Check(line.split("=", 1)[0], False, line) for line in exc.lines]
     else:
         if args.admin:
+            say(f"checking the server at {args.admin} (its own settings, through its admin API)")
             params = {"url": args.webhook} if args.webhook else {}
             data = _admin_call(args, settings, "GET", "doctor", params=params)
             results = [Check(**c) for c in data["checks"]]
         else:
+            settings = _doctor_settings(settings, say)
             results = run_checks(settings, webhook_url=args.webhook)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=2))
@@ -358,6 +444,29 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for r in results:
             print(f"[{r.label}] {r.name}: {r.detail}")
     return 0 if all(r.ok for r in results) else 1
+
+
+def _doctor_settings(settings: Settings, say: Callable[[str], None]) -> Settings:
+    """The settings `doctor` checks: this shell's, or, when it has no WeChat settings of its own
+    and a demo runs here, that demo's (its built-in settings, its `.env`, its Redis)."""
+    from bot.cli.running import demos
+
+    found = [] if settings.wechat_token else demos()
+    if len(found) != 1:
+        say(
+            "checking this shell's settings (environment and ./.env); to check a running "
+            "server's own settings: mimochat doctor --admin URL (with its ADMIN_TOKEN)"
+        )
+        return settings
+    demo = found[0]
+    env = demo_environ(int(demo["port"]), dict(os.environ), cwd=Path(demo["cwd"]))
+    env.update(MIMOCHAT_DATA_DIR=demo["data_dir"], REDIS_URL=demo["redis_url"])
+    say(
+        f"checking the settings of the demo running at {demo['url']} (pid {demo['pid']}): its "
+        "built-in settings, its .env and this shell's environment; to ask the demo itself: "
+        f"mimochat doctor --admin {demo['url']} (with its ADMIN_TOKEN)"
+    )
+    return load_or_exit(env, dotenv=False, program="mimochat doctor")
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -381,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=fn.__doc__)
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=DEMO_PORT)
+        if name == "demo":
+            p.add_argument(
+                "--fresh",
+                action="store_true",
+                help="start from a new, empty data directory (under ~/.cache/mimochat/fresh/)",
+            )
         p.set_defaults(func=fn)
     p = sub.add_parser("worker", help=cmd_worker.__doc__)
     p.add_argument("--queues", default="gpu,io")
@@ -392,7 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default="o_demo_user")
     p.add_argument("--account", default=DEMO_ACCOUNT)
     p.add_argument(
-        "--url", default=None, help=f"webhook (default http://127.0.0.1:{DEMO_PORT}/wechat)"
+        "--url",
+        default=None,
+        help="webhook (default: the demo running on this machine, else "
+        f"http://127.0.0.1:{DEMO_PORT}/wechat)",
     )
     p.add_argument("--admin", metavar="URL", help="send through this server's admin API")
     p.add_argument(
@@ -400,7 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--group", help="with --channel wecom_group: the group's chat id")
     p.add_argument(
-        "--retries", type=int, default=0, help="post the same message again, as WeChat does"
+        "--retries",
+        type=int,
+        default=0,
+        help="post the same message N more times, as WeChat does when a try is slow "
+        "(WeChat makes 3 tries in all: --retries 2)",
     )
     p.add_argument("--timeout", type=float, default=120.0)
     p.set_defaults(func=cmd_send)

@@ -21,8 +21,10 @@ from bot.core import jobs, progress
 from bot.core.settings import Settings
 from bot.pipeline import moderation
 from bot.pipeline.conversations import Conversations
+from bot.text.visible import visible
 
 log = logging.getLogger(__name__)
+
 
 def _num(record: dict[str, str], name: str) -> float | None:
     try:
@@ -271,15 +273,35 @@ def wecom_view(client: redis.Redis, settings: Settings, sim_id: str) -> dict[str
     }
 
 
+def person(channel: str, user: str) -> str | None:
+    """Whom a conversation key stands for: the id Block acts on (None for a shared thread).
+
+    A WeCom history is stored under its thread's scope key (`u:<userid>`, or
+    `g:<chatid>:u:<userid>` for one person in a group), while blocking is by WeCom userid;
+    a whole group's thread (`g:<chatid>`, WECOM_SESSION_SCOPE=group) is nobody's to block.
+    """
+    if channel != "wecom":
+        return user
+    if user.startswith("u:"):
+        return user[2:]
+    if user.startswith("g:"):
+        return user.split(":u:", 1)[1] if ":u:" in user else None
+    return user  # a bare userid (the API's callers may give one)
+
+
 def recent_conversations(
     client: redis.Redis, query: str = "", limit: int = 50
 ) -> list[dict[str, Any]]:
-    """Users who wrote recently, newest first, filtered by a part of their id."""
+    """Conversations with recent messages, newest first, filtered by a part of their user's id.
+
+    `user` is the key the history is stored under (a WeCom thread's scope key, see `person`).
+    """
     query = query.strip().lower()
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     for row in jobs.recent(client, jobs.RECENT_MAX):
-        channel, user = row.get("channel", ""), row.get("user", "")
-        if not user or (query and query not in user.lower()):
+        channel, asker = row.get("channel", ""), row.get("user", "")
+        user = row.get("scope") or asker  # WeCom: the thread, where answer() keeps the history
+        if not user or (query and query not in user.lower() and query not in asker.lower()):
             continue
         entry = seen.get((channel, user))
         if entry is None:
@@ -288,7 +310,8 @@ def recent_conversations(
             entry = seen[(channel, user)] = {
                 "channel": channel,
                 "user": user,
-                "last_text": row.get("text", ""),
+                "person": person(channel, user),
+                "last_text": visible(row.get("text", "")),
                 "last_at": _num(row, "received_at"),
                 "last_job": row["job_id"],
                 "last_stage": row.get("stage", ""),
@@ -299,7 +322,7 @@ def recent_conversations(
     for entry in seen.values():
         if entry["channel"] not in blocked:
             blocked[entry["channel"]] = moderation.blocked(client, entry["channel"])
-        entry["blocked"] = entry["user"] in blocked[entry["channel"]]
+        entry["blocked"] = entry["person"] in blocked[entry["channel"]]
     return list(seen.values())
 
 
@@ -308,11 +331,20 @@ def conversation(
 ) -> dict[str, Any]:
     """One user's stored conversation (with reasoning) and whether they are blocked."""
     store = Conversations(client, settings.history_ttl, settings.history_max_turns)
+    who = person(channel, user)
+    history = [
+        {
+            k: visible(v) if k in ("content", "reasoning") and isinstance(v, str) else v
+            for k, v in m.items()
+        }
+        for m in store.history(channel, user)
+    ]
     return {
         "channel": channel,
         "user": user,
-        "blocked": moderation.is_blocked(client, channel, user),
-        "history": store.history(channel, user),
+        "person": who,
+        "blocked": who is not None and moderation.is_blocked(client, channel, who),
+        "history": history,
     }
 
 
@@ -323,6 +355,12 @@ def reset_conversation(client: redis.Redis, settings: Settings, channel: str, us
 
 
 def set_blocked(client: redis.Redis, channel: str, user: str, blocked: bool) -> None:
-    """Block or unblock one user."""
-    (moderation.block if blocked else moderation.unblock)(client, channel, user)
-    log.info("admin %s %s user %s", "blocked" if blocked else "unblocked", channel, user)
+    """Block or unblock one user (given by id or by their WeCom thread's key)."""
+    who = person(channel, user)
+    if who is None:
+        log.warning(
+            "admin block of %s %s ignored: a shared group thread is no one user", channel, user
+        )
+        return
+    (moderation.block if blocked else moderation.unblock)(client, channel, who)
+    log.info("admin %s %s user %s", "blocked" if blocked else "unblocked", channel, who)

@@ -92,6 +92,21 @@ SWEEPER_ACTIONS = Counter(
 TOKEN_REFRESHES = Counter(
     "mimochat_wechat_token_refreshes", "Access tokens fetched from WeChat by this process."
 )
+# Series only a worker ever moves. Unlabelled ones are born at zero in every process that imports
+# this module, so the web's /metrics leaves them out instead of publishing a worker-looking 0.
+WORKER_ONLY = frozenset(
+    m._name  # noqa: SLF001 (prometheus_client keeps the family name here)
+    for m in (
+        GENERATIONS_IN_FLIGHT,
+        GENERATIONS,
+        GENERATED_TOKENS,
+        GENERATION_SECONDS,
+        TOKENS_PER_SECOND,
+        QUEUE_WAIT_SECONDS,
+        TIME_TO_ANSWER,
+        DELIVERY_ERRORS,
+    )
+)
 
 
 _in_flight = {"count": 0}

@@ -237,6 +237,12 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
     )
+    metrics_host: str = setting(
+        "MIMOCHAT_METRICS_HOST",
+        "127.0.0.1",
+        "Address the worker's metrics server listens on (0.0.0.0: every interface, for a "
+        "Prometheus on another host or container).",
+    )
     wechat_timeout: float = setting(
         "MIMOCHAT_WECHAT_TIMEOUT",
         30.0,

@@ -27,6 +27,7 @@ from bot.channels.wechat import simulator
 from bot.core.contracts import IncomingMessage
 from bot.core.settings import Settings
 from bot.core.store import key
+from bot.text.visible import visible
 
 TOKEN_TTL = 7200
 CONTENT_LIMIT = 2048  # bytes of one customer-service text
@@ -247,8 +248,10 @@ def typing(
 
 
 def record(client: redis.Redis, user: str, message: dict[str, Any]) -> None:
-    """Add one message to what `user` has received."""
+    """Add one message to what `user` has received (control characters shown as □)."""
     message = {**message, "at": time.time()}
+    if isinstance(message.get("content"), str):
+        message["content"] = visible(message["content"])
     client.rpush(key("sandbox", "outbox", user), json.dumps(message, ensure_ascii=False))
 
 

@@ -18,10 +18,13 @@ async function api(path, body) {
   return data;
 }
 
+// Control characters (the tiny model emits any token) show as □, never vanish or act.
+const visible = (s) => String(s).replace(/[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\uFFFE\uFFFF]/g, "\u25A1");
+
 function el(tag, attrs = {}, text = "") {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text) node.textContent = text;
+  if (text) node.textContent = visible(text);
   return node;
 }
 
@@ -105,7 +108,7 @@ function showReasoning(entry, reasoning) {
   if (!reasoning) return;
   const details = entry.querySelector(".reasoning");
   details.setAttribute("data-has", "1");
-  details.querySelector("pre").textContent = reasoning;
+  details.querySelector("pre").textContent = visible(reasoning);
 }
 
 // A WeCom message as the chat shows it: the robot's stream growing refresh by refresh (the
@@ -121,7 +124,7 @@ function wecomBubble(parts, cls, who) {
 function renderWecom(entry, view) {
   const chat = view.chat;
   const said = chat.events.find((e) => e.kind === "user");
-  if (said) entry.querySelector(".bubble.user").textContent = said.text;  // with its @mention
+  if (said) entry.querySelector(".bubble.user").textContent = visible(said.text);  // with its @mention
   const replies = entry.querySelector(".replies");
   replies.replaceChildren();
   const stream = chat.stream;
@@ -171,7 +174,7 @@ async function simulate(event) {
   const entry = $("sim-entry").content.firstElementChild.cloneNode(true);
   const option = $("sim-channel").selectedOptions[0];
   const group = option.dataset.group ? $("sim-group").value.trim() : "";
-  entry.querySelector(".bubble.user").textContent = text;
+  entry.querySelector(".bubble.user").textContent = visible(text);
   entry.querySelector(".bubble.user").dataset.who = $("sim-user").value + (group ? ` in ${group}` : "");
   entry.dataset.channel = option.value;
   entry.querySelector(".verdict").textContent = "sending…";
