@@ -10,6 +10,7 @@ import re
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -122,3 +123,39 @@ def describe(info: FieldInfo) -> str:
     signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
     bounds = " and ".join(f"{signs[attr]} {limit}" for attr, limit in limits.items())
     return f"{words} {bounds}" if bounds else words
+
+
+# --- guards (bot/core/guard_settings.py) ---
+
+Thinking = Literal["off", "on", "deep"]
+ReviewFail = Literal["open", "closed"]
+SAFETY_ACTIONS = ("refuse", "mask", "withhold")
+
+
+def _rate_limits(value: str) -> str:
+    # The `limits` library's notation ("5/minute;100/day"); parsed here so a typo stops start.
+    if value.strip():
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError("not a rate limit") from None
+    return value.strip()
+
+
+def _safety_lists(value: str) -> str:
+    for pair in filter(None, (p.strip() for p in value.split(","))):
+        action, _, path = pair.partition(":")
+        if action.strip() not in SAFETY_ACTIONS or not path.strip():
+            raise ValueError(f"{pair!r} is not action:path")
+    return value
+
+
+def _optional_http_url(value: str) -> str:
+    return _http_url(value) if value else value
+
+
+RateLimitStr = Annotated[str, AfterValidator(_rate_limits)]
+SafetyListsStr = Annotated[str, AfterValidator(_safety_lists)]
+OptionalHttpUrlStr = Annotated[str, AfterValidator(_optional_http_url)]
+RATE_LIMIT_WORDS = "limits in the `limits` notation separated by ';' (5/minute;100/day), or empty"
+SAFETY_LISTS_WORDS = "action:path pairs separated by commas (action: refuse, mask, withhold)"

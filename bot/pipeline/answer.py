@@ -20,6 +20,7 @@ from bot.core.contracts import Answer, Job
 from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
 from bot.engine.base import Engine, Generation, GenerationRequest
+from bot.pipeline import guards, thinking
 from bot.pipeline.conversations import conversations
 from bot.pipeline.ledger import Ledger
 from bot.pipeline.prompting import prompt_budget, trim_history
@@ -98,7 +99,7 @@ def _generate(
     request = GenerationRequest(
         messages=[*history, {"role": "user", "content": job.text}],
         max_new_tokens=settings.max_new_tokens,
-        thinking_budget=settings.thinking_budget,
+        thinking_budget=thinking.budget(settings, client, job),  # the asker's /think
         temperature=settings.temperature,
         top_p=settings.top_p,
         request_id=job.request_id,
@@ -126,7 +127,8 @@ def _generate(
             answer_tokens=generation.answer_tokens,
             finish_reason=generation.finish_reason,
         )
-        progress.finish(generation.answer, generation.reasoning)
+        result = guards.check_answer(settings, client, result)  # before anyone sees it
+        progress.finish(result.answer, result.reasoning)
     result.queue_wait = queue_wait
     result.generation_seconds = round(time.time() - started, 3)
     result.answered_at = time.time()

@@ -7,7 +7,8 @@ HELP_TEXT = (
     "我是小米 MiMo 推理模型，直接提问即可。\n\n"
     "Commands / 命令:\n"
     "/help (帮助) — this help\n"
-    "/reset (清除记忆) — forget our conversation and start fresh"
+    "/reset (清除记忆) — forget our conversation and start fresh\n"
+    "/think off|on|deep (/思考 关|开, /深度思考) — answer at once, think, or think longer"
 )
 RESET_TEXT = "Done — I have forgotten our conversation. 已清除记忆，我们重新开始吧。"
 WELCOME_TEXT = (
@@ -31,6 +32,27 @@ _ALIASES = {
     "清除记忆": "reset",
     "/清除记忆": "reset",
 }
+
+
+_THINK = {
+    "/think": "",
+    "/思考": "",
+    "/think off": "off",
+    "/think on": "on",
+    "/think deep": "deep",
+    "/思考 关": "off",
+    "/思考 关闭": "off",
+    "/思考 开": "on",
+    "/思考 开启": "on",
+    "/思考 深度": "deep",
+    "/不思考": "off",
+    "/深度思考": "deep",
+}
+
+
+def think_choice(text: str) -> str | None:
+    """For a /think command, the level asked for (`off`, `on`, `deep`; "" to ask); else None."""
+    return _THINK.get(" ".join(text.strip().lower().split()))
 
 
 def match_command(text: str) -> str | None:

@@ -19,7 +19,7 @@ from bot.channels.wechat.mailbox import Mailbox, is_continue
 from bot.core import jobs, logs
 from bot.core.contracts import IncomingMessage, Job, ReplyMode, message_key, new_id
 from bot.core.settings import Settings
-from bot.pipeline import commands, moderation
+from bot.pipeline import commands, guards, moderation, thinking
 from bot.pipeline.conversations import conversations
 from bot.pipeline.ledger import Ledger
 
@@ -165,8 +165,10 @@ def _decide(
     ledger: Ledger,
     enqueue: Enqueue,
 ) -> Decision:
-    def at_once(text: str | None) -> Decision:
-        ledger.move(msg_key, "delivered", since=("received",), reply=text or "", via="immediate")
+    def at_once(text: str | None, via: str = "immediate", reason: str | None = None) -> Decision:
+        ledger.move(
+            msg_key, "delivered", since=("received",), reply=text or "", via=via, reason=reason
+        )
         return Decision(reply=text, key=msg_key)
 
     store = conversations(settings, client)
@@ -192,10 +194,18 @@ def _decide(
     if command == "reset":
         store.reset(message.channel, message.user)
         return at_once(commands.RESET_TEXT)
+    if (choice := commands.think_choice(message.content)) is not None:
+        user = message.user
+        return at_once(thinking.choose(settings, client, message.channel, user, user, choice))
     box = Mailbox(client, message.channel, message.user, settings.pending_ttl)
     if is_continue(message.content) and box.size():
         ledger.move(msg_key, "delivered", since=("received",), reply="", take_pending=1)
         return Decision(take_pending=True, key=msg_key)
+    verdict = guards.check_question(
+        settings, client, channel=message.channel, user=message.user, text=message.content
+    )
+    if verdict is not None:  # rate limit or content safety: a polite notice, nothing queued
+        return at_once(verdict.reply, verdict.via, reason=verdict.rule)
     mode: ReplyMode = (
         "passive"
         if reply_mode.effective(settings, client) == reply_mode.PASSIVE

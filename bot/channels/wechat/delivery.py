@@ -22,6 +22,7 @@ from bot.core.contracts import Answer, Job
 from bot.core.progress import read as read_progress
 from bot.core.settings import Settings
 from bot.core.store import key
+from bot.pipeline import guards
 from bot.pipeline.ledger import FINAL, Ledger
 from bot.text.markdown import to_wechat_text
 from bot.text.split import number_parts, split_text
@@ -69,6 +70,7 @@ def deliver(result: Answer, *, settings: Settings, client: redis.Redis, api: WeC
     if not moved.ok and moved.was in FINAL:
         log.info("job %s: message %s already %s", job.job_id, job.key, moved.was)
         return Outcome(already=True)
+    result = guards.screen_answer(settings, result)  # the lists may have grown since generation
     parts = wechat_parts(result.answer)
     pieces = [Piece(job.job_id, p, job.question) for p in parts]
     box = Mailbox(client, job.channel, job.user, settings.pending_ttl)
@@ -162,6 +164,7 @@ def park_after_failure(
     code = getattr(exc, "code", None)
     message = getattr(exc, "message", type(exc).__name__)
     jobs.record(client, result.job_id, "failed", error_code=code, error=str(message)[:200])
+    result = guards.screen_answer(settings, result)
     box = Mailbox(client, result.job.channel, result.job.user, settings.pending_ttl)
     sent = client.hgetall(key("sent", result.job_id))
     parts = wechat_parts(result.answer)

@@ -29,7 +29,7 @@ from bot.core import jobs, progress
 from bot.core.contracts import Answer, IncomingMessage, Job, message_key, new_id
 from bot.core.settings import WECOM_SCOPES, Settings
 from bot.core.store import key
-from bot.pipeline import commands, moderation
+from bot.pipeline import commands, guards, moderation, thinking
 from bot.pipeline.conversations import conversations
 from bot.pipeline.ingest import BUSY_TEXT as QUEUE_BUSY_TEXT
 from bot.pipeline.ingest import Enqueue, enqueue_job
@@ -218,6 +218,7 @@ def _tail(text: str, limit: int) -> str:
 
 def render_stream(settings: Settings, state: dict[str, str], now: dict[str, str]) -> str:
     """Stream content: `<think>` reasoning (if shown), the asker, the answer so far."""
+    now = guards.screen_frame(settings, now)  # no listed term, not even for one refresh
     answer = now.get("answer", "")
     body = answer if answer else THINKING_TEXT
     main = fit_content(_header(state) + body, CONTENT_LIMIT - MIN_REASONING_BYTES // 2)
@@ -238,12 +239,16 @@ def render_markdown(state: dict[str, str], now: dict[str, str]) -> str:
 # --- use cases ---
 
 
-def _immediate(streams: Streams, stream_id: str, text: str) -> Reply:
+def _immediate(
+    streams: Streams, stream_id: str, text: str, via: str = "immediate", reason: str | None = None
+) -> Reply:
     """Answer without the model: a stream that is finished at once (retries get the same)."""
     streams.put(stream_id, final_by="immediate", finished=1, final_content=text)
     msg_key = streams.get(stream_id).get("key", "")
     if msg_key:
-        Ledger(streams.redis).move(msg_key, "delivered", since=("received",), via="immediate")
+        Ledger(streams.redis).move(
+            msg_key, "delivered", since=("received",), via=via, reason=reason
+        )
     return Reply(stream_reply(stream_id, text, True), stream_id=stream_id)
 
 
@@ -358,6 +363,15 @@ def _decide(
     if command == "reset":
         conversations(settings, client).reset(CHANNEL, scope)
         return _immediate(streams, stream_id, RESET_TEXTS[settings.wecom_session_scope])
+    if (choice := commands.think_choice(content)) is not None:
+        reply = thinking.choose(settings, client, CHANNEL, scope, message.user, choice)
+        return _immediate(streams, stream_id, reply)
+    group = message.chat_id if message.chat_type == "group" else ""
+    verdict = guards.check_question(
+        settings, client, channel=CHANNEL, user=message.user, text=content, group=group
+    )
+    if verdict is not None:  # rate limit or content safety: a polite notice, nothing queued
+        return _immediate(streams, stream_id, verdict.reply, verdict.via, reason=verdict.rule)
     limit = settings.wecom_max_in_flight
     stale_after = settings.wecom_stream_window + 60
     if not admit(client, message.user, stream_id, limit, stale_after):
