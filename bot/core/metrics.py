@@ -77,6 +77,12 @@ DELIVERY_ERRORS = Counter(
     "delivery was then given up (final) or retried.",
     ["code", "final"],
 )
+GUARD_DECISIONS = Counter(
+    "mimochat_guard_decisions",
+    "Guard decisions by stage (question, answer) and decision (pass, rate_limited, refused, "
+    "masked, withheld, review_refused, review_withheld, review_failed_open, review_failed_closed).",
+    ["stage", "decision"],
+)
 UNCERTAIN_SENDS = Counter(
     "mimochat_uncertain_sends",
     "Sends that reached the platform but got no answer in time: not resent (never doubled "
@@ -92,6 +98,7 @@ SWEEPER_ACTIONS = Counter(
 TOKEN_REFRESHES = Counter(
     "mimochat_wechat_token_refreshes", "Access tokens fetched from WeChat by this process."
 )
+
 # Series only a worker ever moves. Unlabelled ones are born at zero in every process that imports
 # this module, so the web's /metrics leaves them out instead of publishing a worker-looking 0.
 WORKER_ONLY = frozenset(

@@ -22,6 +22,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from bot.core.guard_settings import GuardSettings
 from bot.core.setting_types import (
     ADMIN_TOKEN_MIN,
     HTTP_URL_WORDS,
@@ -49,7 +50,7 @@ SECRET_FIELDS = frozenset(
 )
 
 
-class Settings(BaseSettings):
+class Settings(GuardSettings):
     """Every knob of mimochat; `Settings.from_env()` builds it, tests build their own."""
 
     # `Settings(**kw)` takes field names; from_env takes the environment variable names.
@@ -534,9 +535,14 @@ def _shown(value: Any) -> str:
 def setting_docs() -> list[tuple[str, str, str]]:
     """(ENV_NAME, default, meaning) for every setting, in declaration order."""
     return [
-        (env_name(name), _shown(info.default), info.description or "")
-        for name, info in Settings.model_fields.items()
+        (env_name(name), _shown(info.default), info.description or "") for name, info in _fields()
     ]
+
+
+def _fields() -> list[tuple[str, Any]]:
+    # Declaration order, the guards' mixin (inherited, so listed first by pydantic) last.
+    fields = Settings.model_fields.items()
+    return sorted(fields, key=lambda item: item[0] in GuardSettings.model_fields)
 
 
 _GROUPS = {
@@ -546,6 +552,7 @@ _GROUPS = {
     "MIMOCHAT_HISTORY_TTL": "Conversations",
     "MIMOCHAT_MODEL": "Model and generation",
     "ADMIN_TOKEN": "Admin console and logs",
+    "MIMOCHAT_RATE_LIMIT_USER": "Guards: rate limits, content safety, thinking",
 }
 
 
@@ -558,7 +565,7 @@ def env_example() -> str:
         "# Generated from bot/core/settings.py; regenerate with:",
         "#   python -m bot.core.settings > .env.example",
     ]
-    for name, info in Settings.model_fields.items():
+    for name, info in _fields():
         env = env_name(name)
         if env in _GROUPS:
             lines += ["", f"# --- {_GROUPS[env]} ---"]
