@@ -66,6 +66,35 @@ def restore_sweep(visibility_timeout: int) -> dict[str, int]:
     return {"unacked_restore_interval": interval, "unacked_restore_throttle": period // interval}
 
 
+# KEYS: the queue. ARGV: the most that may wait (0: no limit), the message. {pushed, waiting}.
+_PUSH_IF_ROOM = """
+local waiting = redis.call('LLEN', KEYS[1])
+local limit = tonumber(ARGV[1])
+if limit > 0 and waiting >= limit then return {0, waiting} end
+redis.call('LPUSH', KEYS[1], ARGV[2])
+return {1, waiting}
+"""
+
+
+class _Capture:
+    """Stands in for kombu's Redis publish batch: keeps the commands a publish would run.
+
+    kombu routes and serialises the message as for any publish and hands its final Redis
+    commands (one LPUSH) to the batch; the Producer runs them in its own script instead.
+    """
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+
+    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
+        """What kombu's Producer calls for each message while this batch is current."""
+        return channel.basic_publish(message, _publish_batch=self, **kwargs)
+
+    def add(self, name: str, *args: Any) -> None:
+        """What kombu's Redis channel calls with each command of the message."""
+        self.commands.append((name, args))
+
+
 class Producer:
     """What the webhook uses to enqueue: publishes durably or raises (then the webhook says 503)."""
 
@@ -75,11 +104,14 @@ class Producer:
         self._url = resolve_url(settings)
         self._redis: redis.Redis | None = None
 
-    def queue_length(self, queue: str = GPU_QUEUE) -> int:
-        """Jobs waiting in a queue (not yet taken by a worker)."""
+    def _client(self) -> redis.Redis:
         if self._redis is None:
             self._redis = connect(self._url)
-        return int(self._redis.llen(queue))
+        return self._redis
+
+    def queue_length(self, queue: str = GPU_QUEUE) -> int:
+        """Jobs waiting in a queue (not yet taken by a worker)."""
+        return int(self._client().llen(queue))
 
     def _send(self, name: str, payload: dict[str, Any], queue: str) -> None:
         try:
@@ -99,12 +131,53 @@ class Producer:
             if waiting >= self.max_queue:
                 raise QueueFull(f"{waiting} waiting, limit {self.max_queue}")
 
+    def _send_if_room(self, name: str, payload: dict[str, Any], queue: str) -> None:
+        """Check the room and publish in one round trip, atomically (no other publish between).
+
+        The message is built by Celery and kombu as for any publish; only its final LPUSH runs
+        inside a script that first counts what waits. Where kombu hands over no single LPUSH
+        (a different transport or version), the check and the publish are two round trips.
+        """
+        capture = _Capture()
+        try:
+            with self.app.producer_or_acquire() as producer:
+                batches = getattr(producer, "_batch_local", None)
+                if batches is None or getattr(batches, "current", None) is not None:
+                    self._check_room()
+                    self.app.send_task(
+                        name, args=[payload], queue=queue, retry=False, producer=producer
+                    )
+                    return
+                batches.current = capture
+                try:
+                    self.app.send_task(
+                        name, args=[payload], queue=queue, retry=False, producer=producer
+                    )
+                finally:
+                    del batches.current
+            (command, args), *others = capture.commands or [("", ())]
+            if command != "lpush" or others:
+                self._check_room()
+                self._run(capture.commands)
+                return
+            pushed, waiting = self._client().eval(
+                _PUSH_IF_ROOM, 1, args[0], self.max_queue, args[1]
+            )
+        except (OperationalError, redis.RedisError, OSError) as exc:
+            raise Unavailable(f"cannot enqueue on {queue}: {type(exc).__name__}") from exc
+        if not pushed:
+            raise QueueFull(f"{waiting} waiting, limit {self.max_queue}")
+
+    def _run(self, commands: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self._client().pipeline(transaction=True) as pipe:
+            for command, args in commands:
+                getattr(pipe, command)(*args)
+            pipe.execute()
+
     def generation(self, job: Job) -> None:
         """Put one generation job on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
-        self._check_room()
-        self._send(
-            WECOM_GENERATE if job.reply_mode == "stream" else GENERATE, job.wire(), GPU_QUEUE
-        )
+        name = WECOM_GENERATE if job.reply_mode == "stream" else GENERATE
+        self._send_if_room(name, job.wire(), GPU_QUEUE)
 
     def delivery(self, result: Answer) -> None:
         """Put one delivery job on the io queue (raises Unavailable if Redis is down)."""

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from bot.core import logs, metrics
 from bot.core.store import key
@@ -23,16 +24,21 @@ LOG_STAGE = {"received": "enqueued"}
 
 def record(client: redis.Redis, job_id: str, stage: str, **fields: Any) -> None:
     """Stamp `stage` (received, started, generated, delivered, failed…) with extra figures."""
+    with client.pipeline(transaction=False) as pipe:
+        record_on(pipe, job_id, stage, **fields)
+        pipe.execute()
+
+
+def record_on(pipe: Pipeline, job_id: str, stage: str, **fields: Any) -> None:
+    """`record`, its writes queued on a pipeline the caller executes (one round trip shared)."""
     mapping = {f"{stage}_at": f"{time.time():.3f}", "stage": stage}
     mapping.update({k: str(v) for k, v in fields.items() if v is not None})
     job_key = key("job", job_id)
-    with client.pipeline(transaction=False) as pipe:
-        pipe.hset(job_key, mapping=mapping)
-        pipe.expire(job_key, JOB_TTL)
-        if stage == "received":
-            pipe.lpush(key("jobs", "recent"), job_id)
-            pipe.ltrim(key("jobs", "recent"), 0, RECENT_MAX - 1)
-        pipe.execute()
+    pipe.hset(job_key, mapping=mapping)
+    pipe.expire(job_key, JOB_TTL)
+    if stage == "received":
+        pipe.lpush(key("jobs", "recent"), job_id)
+        pipe.ltrim(key("jobs", "recent"), 0, RECENT_MAX - 1)
     metrics.JOB_STAGES.labels(stage).inc()
     logs.stage(LOG_STAGE.get(stage, stage), job_id=job_id, **fields)
 

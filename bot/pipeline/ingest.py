@@ -21,7 +21,7 @@ from bot.core.contracts import IncomingMessage, Job, ReplyMode, message_key, new
 from bot.core.settings import Settings
 from bot.pipeline import commands, guards, moderation, thinking
 from bot.pipeline.conversations import conversations
-from bot.pipeline.ledger import Ledger
+from bot.pipeline.ledger import Ledger, Stamp
 
 log = logging.getLogger(__name__)
 
@@ -71,33 +71,89 @@ def ingest(
     )
     ledger = Ledger(client, settings)
     msg_key = message_key(message.channel, message.dedup_key)
-    created, tries = ledger.claim(
-        msg_key,
-        channel=message.channel,
-        user=message.user,
-        kind=message.kind,
-        msg_id=message.msg_id,
-        job_id=new_id(),
-        request_id=message.request_id,
-    )
-    if not created:
-        log.info("retry %d of %s message %s", tries, message.channel, message.dedup_key)
-        return _earlier(message, msg_key, tries, settings, client, ledger, enqueue)
-    decision = _decide_or_release(message, msg_key, settings, client, ledger, enqueue)
-    decision.attempt = tries
+    job_id = new_id()
+    look = _first_look(message, msg_key, job_id, settings, client, ledger)
+    if not look.created:
+        log.info("retry %d of %s message %s", look.tries, message.channel, message.dedup_key)
+        return _earlier(message, msg_key, look.tries, settings, client, ledger, enqueue)
+    decision = _decide_or_release(message, msg_key, job_id, look, settings, client, ledger, enqueue)
+    decision.attempt = look.tries
     return decision
+
+
+@dataclass
+class Look:
+    """What ingest's first round trip learnt: the claim's outcome and what deciding reads."""
+
+    created: bool
+    tries: int
+    blocked: bool = False
+    passive_only: bool = False
+    waiting: int = 0  # parts in the user's mailbox (read only for a "continue")
+
+
+def _first_look(
+    message: IncomingMessage,
+    msg_key: str,
+    job_id: str,
+    settings: Settings,
+    client: redis.Redis,
+    ledger: Ledger,
+) -> Look:
+    """One round trip: the claim (the user's service window opened with it, first try only)
+    and the reads the decision needs (block list, passive-only flag, mailbox size).
+
+    Reads ride along even on a retry, where they go unused: cheaper than a second trip.
+    """
+    stamps = []
+    if message.channel == "wechat" and message.event != "unsubscribe":
+        # WeChat opens the window on any message from the user, blocked or not.
+        window = reply_mode.ServiceWindow(settings, client, message.user)
+        stamps.append(Stamp(window.key, window.seconds, window.fresh()))
+    auto = settings.wechat_reply_mode == "auto"
+    box = Mailbox(client, message.channel, message.user, settings.pending_ttl)
+    want_box = message.kind in ("text", "voice") and is_continue(message.content or "")
+    with client.pipeline(transaction=False) as pipe:
+        ledger.claim_on(
+            pipe,
+            msg_key,
+            stamps=stamps,
+            channel=message.channel,
+            user=message.user,
+            kind=message.kind,
+            msg_id=message.msg_id,
+            job_id=job_id,
+            request_id=message.request_id,
+        )
+        pipe.sismember(moderation.blocked_key(message.channel), message.user)
+        if auto:
+            pipe.exists(reply_mode.passive_only_key(settings))
+        if want_box:
+            pipe.llen(box.key)
+        answers = pipe.execute()
+    created, tries = ledger.claimed(answers[0])
+    rest = iter(answers[2:])
+    return Look(
+        created,
+        tries,
+        blocked=bool(answers[1]),
+        passive_only=bool(next(rest)) if auto else False,
+        waiting=int(next(rest)) if want_box else 0,
+    )
 
 
 def _decide_or_release(
     message: IncomingMessage,
     msg_key: str,
+    job_id: str,
+    look: Look,
     settings: Settings,
     client: redis.Redis,
     ledger: Ledger,
     enqueue: Enqueue,
 ) -> Decision:
     try:
-        decision = _decide(message, msg_key, settings, client, ledger, enqueue)
+        decision = _decide(message, msg_key, job_id, look, settings, client, ledger, enqueue)
     except Exception:
         # Not acknowledged: the platform retries. A job that may be in the queue keeps its
         # record (the retry re-sends the same job; the worker runs it once); otherwise the
@@ -145,11 +201,27 @@ def _earlier(
         ledger.move(msg_key, "queued", since=("received",))
     elif record.state == "received" and _stale(fields):
         log.warning("message %s: the first try died before deciding; deciding now", msg_key)
-        decision = _decide_or_release(message, msg_key, settings, client, ledger, enqueue)
+        look = _look_again(message, settings, client)
+        job_id = fields.get("job_id") or new_id()
+        decision = _decide_or_release(
+            message, msg_key, job_id, look, settings, client, ledger, enqueue
+        )
         decision.attempt = tries
         return decision
     return Decision(
         job_id=fields.get("job_id"), duplicate=True, attempt=tries, reply_mode=mode, key=msg_key
+    )
+
+
+def _look_again(message: IncomingMessage, settings: Settings, client: redis.Redis) -> Look:
+    """The reads of the first look, for a first try that died before deciding (rare)."""
+    box = Mailbox(client, message.channel, message.user, settings.pending_ttl)
+    return Look(
+        created=True,
+        tries=1,
+        blocked=moderation.is_blocked(client, message.channel, message.user),
+        passive_only=reply_mode.effective(settings, client) == reply_mode.PASSIVE,
+        waiting=box.size(),
     )
 
 
@@ -160,6 +232,8 @@ def _stale(fields: dict[str, str]) -> bool:
 def _decide(
     message: IncomingMessage,
     msg_key: str,
+    job_id: str,
+    look: Look,
     settings: Settings,
     client: redis.Redis,
     ledger: Ledger,
@@ -172,10 +246,8 @@ def _decide(
         return Decision(reply=text, key=msg_key)
 
     store = conversations(settings, client)
-    if message.kind != "event" and moderation.is_blocked(client, message.channel, message.user):
+    if message.kind != "event" and look.blocked:
         return at_once(moderation.BLOCKED_TEXT)
-    if message.channel == "wechat" and message.event != "unsubscribe":
-        reply_mode.ServiceWindow(settings, client, message.user).open()
     if message.kind == "event":
         if message.event == "subscribe":
             return at_once(commands.WELCOME_TEXT)
@@ -197,8 +269,7 @@ def _decide(
     if (choice := commands.think_choice(message.content)) is not None:
         user = message.user
         return at_once(thinking.choose(settings, client, message.channel, user, user, choice))
-    box = Mailbox(client, message.channel, message.user, settings.pending_ttl)
-    if is_continue(message.content) and box.size():
+    if is_continue(message.content) and look.waiting:
         ledger.move(msg_key, "delivered", since=("received",), reply="", take_pending=1)
         return Decision(take_pending=True, key=msg_key)
     verdict = guards.check_question(
@@ -208,11 +279,10 @@ def _decide(
         return at_once(verdict.reply, verdict.via, reason=verdict.rule)
     mode: ReplyMode = (
         "passive"
-        if reply_mode.effective(settings, client) == reply_mode.PASSIVE
+        if reply_mode.mode_for(settings, look.passive_only) == reply_mode.PASSIVE
         else "customer_service"
     )
-    record = ledger.get(msg_key)
-    job = make_job(message, msg_key, record.fields["job_id"] if record else new_id(), mode)
+    job = make_job(message, msg_key, job_id, mode)
     return enqueue_job(job, ledger, client, enqueue, kind=message.kind)
 
 
@@ -226,23 +296,27 @@ def enqueue_job(
     except QueueFull as exc:
         logs.stage("busy", channel=job.channel, user=job.user, reason=str(exc))
         return Decision(reply=BUSY_TEXT, busy=True, key=job.key)
-    ledger.move(job.key, "queued", since=("received",))
-    jobs.record(
-        client,
-        job.job_id,
-        "received",
-        channel=job.channel,
-        user=job.asker or job.user,
-        kind=kind,
-        msg_id=job.msg_id,
-        text=job.text[:500],
-        key=job.key,
-        **(
-            {"scope": job.user, "chat_id": job.chat_id, "stream_id": job.stream_id}
-            if job.stream_id
-            else {}
-        ),
-    )
+    # The mark and the console's timeline share one round trip; the ack waits for both, so a
+    # retry never finds a queued job still marked received (it would send it again).
+    with client.pipeline(transaction=False) as pipe:
+        ledger.move_on(pipe, job.key, "queued", since=("received",))
+        jobs.record_on(
+            pipe,
+            job.job_id,
+            "received",
+            channel=job.channel,
+            user=job.asker or job.user,
+            kind=kind,
+            msg_id=job.msg_id,
+            text=job.text[:500],
+            key=job.key,
+            **(
+                {"scope": job.user, "chat_id": job.chat_id, "stream_id": job.stream_id}
+                if job.stream_id
+                else {}
+            ),
+        )
+        pipe.execute()
     return Decision(job=job, job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
 
 

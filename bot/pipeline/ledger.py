@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from bot.core.contracts import Job
 from bot.core.settings import Settings
@@ -59,7 +61,9 @@ def _state_index(state: str) -> str:
     return key("ledger", "state", state)
 
 
-# KEYS: record, due, state-index prefix. ARGV: id, now, ttl, deadline, index max, then pairs.
+# KEYS: record, due, state-index prefix, then one hash per stamp.
+# ARGV: id, now, ttl, deadline, index max, n_stamps, per stamp (ttl, n_pairs, pairs...), then
+#       the record's pairs. Stamps are written on the first try only, in the same atomic step.
 _CLAIM = """
 local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
 if tries > 1 then
@@ -68,7 +72,13 @@ end
 local id, now, ttl, deadline, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 redis.call('HSET', KEYS[1], 'state', 'received', 'created_at', now, 'updated_at', now,
   'deadline', deadline, 'attempts', 0)
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local i = 7
+for s = 1, tonumber(ARGV[6]) do
+  local stamp_ttl, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]); i = i + 2
+  for j = 1, n do redis.call('HSET', KEYS[3 + s], ARGV[i], ARGV[i + 1]); i = i + 2 end
+  redis.call('EXPIRE', KEYS[3 + s], stamp_ttl)
+end
+while i <= #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], deadline, id)
 redis.call('ZADD', KEYS[3] .. 'received', now, id)
@@ -152,6 +162,19 @@ class Record:
         return {"key": self.key, **shown}
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """A hash written with a message's claim, atomically and on its first try only.
+
+    A WeChat message opens the user's customer-service window: folded into the claim, that costs
+    no round trip of its own, and a retry of the message never opens it again.
+    """
+
+    key: str
+    ttl: int
+    fields: dict[str, str]
+
+
 @dataclass
 class Moved:
     """The outcome of a conditional transition: whether it happened, and the state before."""
@@ -176,8 +199,40 @@ class Ledger:
         """When a record entering `state` now is due for the sweeper."""
         return (now or time.time()) + self.deadlines[state]
 
-    def claim(self, msg_key: str, **fields: Any) -> tuple[bool, int]:
+    def claim(
+        self, msg_key: str, *, stamps: Sequence[Stamp] = (), **fields: Any
+    ) -> tuple[bool, int]:
         """Create the record in `received` unless it exists; (created, how many tries so far)."""
+        return self.claimed(
+            self._claim(
+                keys=self._claim_keys(msg_key, stamps),
+                args=self._claim_args(msg_key, stamps, fields),
+            )
+        )
+
+    def claim_on(
+        self, pipe: Pipeline, msg_key: str, *, stamps: Sequence[Stamp] = (), **fields: Any
+    ) -> None:
+        """`claim`, queued on a pipeline (read its result with `claimed`).
+
+        EVAL, not EVALSHA: a pipeline holding a registered script first asks SCRIPT EXISTS, a
+        round trip of its own; the script's text costs less than that.
+        """
+        keys = self._claim_keys(msg_key, stamps)
+        pipe.eval(_CLAIM, len(keys), *keys, *self._claim_args(msg_key, stamps, fields))
+
+    @staticmethod
+    def claimed(raw: Any) -> tuple[bool, int]:
+        """(created, tries) from the claim script's answer."""
+        created, tries = raw
+        return bool(created), int(tries)
+
+    def _claim_keys(self, msg_key: str, stamps: Sequence[Stamp]) -> list[str]:
+        return [*self._keys(msg_key), *(stamp.key for stamp in stamps)]
+
+    def _claim_args(
+        self, msg_key: str, stamps: Sequence[Stamp], fields: dict[str, Any]
+    ) -> list[Any]:
         now = time.time()
         args: list[Any] = [
             msg_key,
@@ -185,12 +240,16 @@ class Ledger:
             RECORD_TTL,
             f"{self.deadline('received', now):.3f}",
             STATE_INDEX_MAX,
+            len(stamps),
         ]
+        for stamp in stamps:
+            args += [stamp.ttl, len(stamp.fields)]
+            for name, value in stamp.fields.items():
+                args += [name, value]
         for name, value in fields.items():
             if value is not None:
                 args += [name, _text(value)]
-        created, tries = self._claim(keys=self._keys(msg_key), args=args)
-        return bool(created), int(tries)
+        return args
 
     def move(
         self,
@@ -207,6 +266,39 @@ class Ledger:
         A non-final target gets its state's deadline unless one is given; a final one leaves
         the sweeper's index.
         """
+        args = self._move_args(msg_key, to, since, when, deadline, fields)
+        return self.moved(self._move(keys=self._keys(msg_key), args=args))
+
+    def move_on(
+        self,
+        pipe: Pipeline,
+        msg_key: str,
+        to: str,
+        *,
+        since: tuple[str, ...] = ("*",),
+        when: dict[str, str] | None = None,
+        deadline: float | None = None,
+        **fields: Any,
+    ) -> None:
+        """`move`, queued on a pipeline (read its result with `moved`)."""
+        args = self._move_args(msg_key, to, since, when, deadline, fields)
+        pipe.eval(_MOVE, 3, *self._keys(msg_key), *args)
+
+    @staticmethod
+    def moved(raw: Any) -> Moved:
+        """The outcome of a move from the move script's answer."""
+        ok, was = raw
+        return Moved(bool(ok), was.decode() if isinstance(was, bytes) else str(was))
+
+    def _move_args(
+        self,
+        msg_key: str,
+        to: str,
+        since: tuple[str, ...],
+        when: dict[str, str] | None,
+        deadline: float | None,
+        fields: dict[str, Any],
+    ) -> list[Any]:
         if to not in STATES:
             raise ValueError(f"unknown ledger state {to!r}")
         now = time.time()
@@ -220,8 +312,7 @@ class Ledger:
         for name, value in fields.items():
             if value is not None:
                 args += [name, _text(value)]
-        ok, was = self._move(keys=self._keys(msg_key), args=args)
-        return Moved(bool(ok), was.decode() if isinstance(was, bytes) else str(was))
+        return args
 
     def get(self, msg_key: str) -> Record | None:
         """The record, or None if there is none (never accepted, forgotten or expired)."""

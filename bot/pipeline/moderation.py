@@ -19,6 +19,11 @@ def _key(channel: str) -> str:
     return key("blocked", channel)
 
 
+def blocked_key(channel: str) -> str:
+    """The set of blocked users of a channel (ingest reads it in its first round trip)."""
+    return _key(channel)
+
+
 def is_blocked(client: redis.Redis, channel: str, user: str) -> bool:
     """True when an operator blocked this user on this channel."""
     return bool(client.sismember(_key(channel), user))

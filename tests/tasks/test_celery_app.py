@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import redis
 
@@ -9,6 +11,7 @@ from bot.core.settings import Settings
 from bot.pipeline.ingest import QueueFull
 from tasks.celery_app import Producer, restore_sweep
 from tasks.names import GPU_QUEUE
+from tests.bot.pipeline.turns import TurnCounter
 from tests.helpers import make_job
 
 
@@ -37,3 +40,41 @@ def test_producer_refuses_past_the_queue_limit(
     assert redis_client.llen(GPU_QUEUE) == waiting + 2
     Producer(settings.replace(max_queue=0)).generation(job)  # 0: no limit
     assert redis_client.llen(GPU_QUEUE) == waiting + 3
+
+
+def test_room_check_and_publish_are_one_atomic_round_trip(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Counted: each publish is one round trip (the count and the push in one script), seen by
+    a proxy before Redis; with room for 5 after 2, 12 threads at once push exactly 3 more."""
+    assert settings.redis_url is not None
+    proxy = TurnCounter(settings.redis_url)
+    waiting = redis_client.llen(GPU_QUEUE)
+    producer = Producer(settings.replace(redis_url=proxy.url(), max_queue=waiting + 5))
+    job = make_job("u", "t")
+    try:
+        producer.generation(job)  # connections made, kombu's routing table read
+        with proxy.counting():
+            producer.generation(job)
+        assert proxy.turns == 1, proxy.log
+        outcomes: list[str] = []
+
+        def publish() -> None:
+            try:
+                producer.generation(job)
+                outcomes.append("queued")
+            except QueueFull:
+                outcomes.append("full")
+
+        threads = [threading.Thread(target=publish) for _ in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(outcomes) == ["full"] * 9 + ["queued"] * 3
+        assert redis_client.llen(GPU_QUEUE) == waiting + 5
+    finally:
+        producer.app.close()
+        if producer._redis is not None:
+            producer._redis.close()
+        proxy.close()

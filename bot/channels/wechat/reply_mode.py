@@ -27,11 +27,23 @@ def _passive_only_key(settings: Settings) -> str:
     return key("wechat", "passive-only", settings.wechat_app_id or "default")
 
 
+def passive_only_key(settings: Settings) -> str:
+    """Where `auto` mode remembers the account is passive-only (ingest reads it pipelined)."""
+    return _passive_only_key(settings)
+
+
 def effective(settings: Settings, client: redis.Redis) -> str:
     """The mode in effect now: `passive` or `customer_service`."""
+    if settings.wechat_reply_mode != "auto":
+        return mode_for(settings, passive_only=False)
+    return mode_for(settings, passive_only=bool(client.exists(_passive_only_key(settings))))
+
+
+def mode_for(settings: Settings, passive_only: bool) -> str:
+    """The mode in effect, given whether `auto` found the account passive-only."""
     if settings.wechat_reply_mode == PASSIVE:
         return PASSIVE
-    if settings.wechat_reply_mode == "auto" and client.exists(_passive_only_key(settings)):
+    if settings.wechat_reply_mode == "auto" and passive_only:
         return PASSIVE
     return CUSTOMER_SERVICE
 
@@ -58,9 +70,13 @@ class ServiceWindow:
     def open(self) -> None:
         """The user just sent a message: a fresh window."""
         with self.redis.pipeline() as pipe:
-            pipe.hset(self.key, mapping={"opened_at": f"{time.time():.3f}", "used": 0})
+            pipe.hset(self.key, mapping=self.fresh())
             pipe.expire(self.key, self.seconds)
             pipe.execute()
+
+    def fresh(self) -> dict[str, str]:
+        """The fields of a window opened now (ingest writes them with the message's claim)."""
+        return {"opened_at": f"{time.time():.3f}", "used": "0"}
 
     def remaining(self) -> int:
         """Sends left in the window (0 when it is closed or used up)."""

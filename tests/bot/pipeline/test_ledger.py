@@ -7,8 +7,10 @@ import threading
 import pytest
 import redis
 
-from bot.pipeline.ledger import Ledger
-from tests.helpers import make_job, unique
+from bot.core.store import connect
+from bot.pipeline.ledger import Ledger, Moved, Stamp
+from tests.bot.pipeline.turns import TurnCounter
+from tests.helpers import make_job, unique, with_db
 
 
 def test_claim_creates_one_record_and_counts_tries(redis_client: redis.Redis) -> None:
@@ -88,3 +90,42 @@ def test_concurrent_claims_and_moves_have_one_winner(
         t.join()
     assert claims.count(True) == 1
     assert moves.count(True) == 1
+
+
+@pytest.mark.parametrize(
+    ("claims", "stamped"),
+    [
+        (1, {"opened_at": "1.000", "used": "0"}),
+        (2, {"opened_at": "1.000", "used": "0"}),  # a retry never writes its stamp again
+    ],
+)
+def test_stamps_are_written_with_the_first_claim_only(
+    redis_client: redis.Redis, claims: int, stamped: dict[str, str]
+) -> None:
+    ledger, msg_key, window = Ledger(redis_client), unique("wechat:"), unique("window:")
+    first = Stamp(window, 60, {"opened_at": "1.000", "used": "0"})
+    ledger.claim(msg_key, stamps=[first])
+    for _ in range(claims - 1):
+        ledger.claim(msg_key, stamps=[Stamp(window, 60, {"opened_at": "2.000", "used": "0"})])
+    assert redis_client.hgetall(window) == stamped
+    assert 0 < redis_client.ttl(window) <= 60
+
+
+def test_pipelined_claim_and_move_are_one_round_trip_each(redis_url: str) -> None:
+    """Counted by a proxy in front of the real Redis: claim + read in one trip, then a move."""
+    proxy = TurnCounter(with_db(redis_url, 1))
+    client = connect(proxy.url())
+    client.ping()  # the connection is made before counting
+    ledger, msg_key = Ledger(client), unique("wechat:")
+    with proxy.counting():
+        with client.pipeline(transaction=False) as pipe:
+            ledger.claim_on(pipe, msg_key, user="u")
+            pipe.exists(unique("other:"))
+            claim, _exists = pipe.execute()
+        assert Ledger.claimed(claim) == (True, 1)
+        with client.pipeline(transaction=False) as pipe:
+            ledger.move_on(pipe, msg_key, "queued", since=("received",))
+            (moved,) = pipe.execute()
+        assert Ledger.moved(moved) == Moved(True, "received")
+    assert proxy.turns == 2
+    proxy.close()
