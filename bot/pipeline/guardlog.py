@@ -79,3 +79,8 @@ def limited_now(client: redis.Redis) -> list[dict[str, Any]]:
     if lapsed:
         client.hdel(_limited_key(), *lapsed)
     return sorted(rows, key=lambda r: r["until"])
+
+
+def forget_limited(client: redis.Redis, channel: str, scope: str, who: str) -> None:
+    """Take someone off the limited list (their limit was lifted)."""
+    client.hdel(_limited_key(), f"{channel}|{scope}|{who}")

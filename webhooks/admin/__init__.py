@@ -9,7 +9,7 @@ from datetime import timedelta
 from flask import Flask
 
 from bot.core.settings import Settings
-from webhooks.admin import api, pages
+from webhooks.admin import api, guards, pages  # noqa: F401 (guards adds routes to both)
 from webhooks.admin.auth import ServerSessionInterface
 
 
