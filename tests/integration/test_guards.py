@@ -1,0 +1,117 @@
+"""The guard stage end to end: real web and worker processes with content-safety lists.
+
+A refused question queues nothing (its passive reply is the notice); an answer with a listed
+term reaches the sandbox outbox masked — and the list is edited while the processes run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bot.channels.wechat.protocol import message_xml, read_reply, sign_request
+from bot.core.contracts import message_key
+from bot.core.store import connect
+from bot.pipeline import guards, safety
+from bot.pipeline.ledger import Ledger
+from tests.conftest import Stack, _wait_for, start_process, stop_process, worker_ready
+from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, free_port, unique
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def guarded(base_settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: ANN001
+    """Web + worker with a refuse list and an (empty) mask list; greedy sampling (repeatable)."""
+    from bot.cli.supervisor import web_argv, worker_argv
+    from bot.engine.transformers.tiny import ensure_tiny_model
+
+    ensure_tiny_model(base_settings.data_path)
+    folder = tmp_path_factory.mktemp("guard-lists")
+    (folder / "refuse.txt").write_text("forbiddenword\n", encoding="utf-8")
+    (folder / "mask.txt").write_text("", encoding="utf-8")
+    logs = tmp_path_factory.mktemp("guard-stack-logs")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = base_settings.replace(
+        wechat_api_base=f"{url}/sandbox/wechat/",
+        temperature=0.0,
+        safety_lists=f"refuse:{folder / 'refuse.txt'},mask:{folder / 'mask.txt'}",
+    )
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    env.pop("MIMOCHAT_GENERATION_DELAY", None)
+    web = start_process(web_argv("127.0.0.1", port), env, logs / "web.log")
+    worker = start_process(
+        worker_argv("gpu,io", 1, f"guards-{uuid.uuid4().hex[:6]}"), env, logs / "worker.log"
+    )
+    try:
+
+        def web_up() -> bool:
+            try:
+                return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        _wait_for(web_up, 30, "web server", logs)
+        _wait_for(lambda: worker_ready(logs / "worker.log"), 90, "worker", logs)
+        yield Stack(url=url, settings=settings, redis=connect(settings.redis_url), logs=logs)
+    finally:
+        stop_process(worker)
+        stop_process(web)
+
+
+def post(stack: Stack, user: str, text: str, msg_id: str) -> dict:
+    xml = message_xml(user, ACCOUNT, content=text, msg_id=msg_id)
+    signed = sign_request(TOKEN, xml, aes_key=AES_KEY, app_id=APP_ID)
+    res = requests.post(
+        f"{stack.url}/wechat", params=signed.params, data=signed.body.encode(), timeout=10
+    )
+    assert res.status_code == 200
+    return read_reply(res.text, token=TOKEN, aes_key=AES_KEY, app_id=APP_ID)
+
+
+def test_refused_question_queues_nothing(guarded: Stack) -> None:
+    user = unique()
+    guarded.open_window(user)
+    msg_id = str(int(time.time() * 1000))
+    reply = post(guarded, user, "please say the F.O.R.B.I.D.D.E.N.W.O.R.D", msg_id)
+    assert reply.get("Content") == guards.REFUSED_TEXT
+    record = Ledger(guarded.redis).get(message_key("wechat", msg_id))
+    assert record is not None and record.fields.get("via") == "safety"
+    assert "job" not in record.fields
+    time.sleep(1.0)
+    assert guarded.outbox(user) == []  # nothing generated, nothing sent
+
+
+def test_masked_answer_reaches_the_outbox_masked(guarded: Stack) -> None:
+    question = "What is the capital of France?"
+    first = unique()
+    guarded.open_window(first)
+    guarded.say(first, question)
+    plain = guarded.wait_outbox(first, 1)[0]["content"]
+    words = re.findall(r"[A-Za-z0-9]{2,}|[\u4e00-\u9fff]", plain)
+    if not words:
+        pytest.skip(f"the tiny model's answer has no word to list: {plain!r}")
+    term = max(words, key=len)
+    # The operator lists a term of that answer while everything runs: no restart.
+    mask_path = safety.parse_spec(guarded.settings.safety_lists)[1][1]
+    Path(mask_path).write_text(f"{term}\n", encoding="utf-8")
+    time.sleep(safety.RELOAD_EVERY + 0.2)
+    second = unique()
+    guarded.open_window(second)
+    guarded.say(second, question)
+    masked = guarded.wait_outbox(second, 1)[0]["content"]
+    assert safety.MASK in masked, (plain, masked, term)
+    automaton = safety.build([("mask", mask_path)]).answers
+    assert not safety.find(masked, automaton)
