@@ -92,6 +92,9 @@ def test_login_simulate_and_watch_the_answer(
         )
         for stage in ("webhook", "received", "started", "generated", "delivered"):
             assert stage in stages, stages
+        # Stages stamped by different processes' clocks never read as "-0.02" seconds.
+        times = entry.locator(".timeline tbody td:nth-child(2)").all_inner_texts()
+        assert not [t for t in times if t.startswith("-")], times
         delivered = entry.locator('.timeline tr[data-stage="delivered"]').inner_text()
         assert "customer-service API" in delivered  # the sandbox saw the user write first
         details = entry.locator("details.reasoning")
@@ -119,6 +122,13 @@ def test_login_simulate_and_watch_the_answer(
         live = tmp_path / "admin-live-phone.png"
         page.screenshot(path=str(live), full_page=True)
         page.goto(f"{base}/admin/conversations?user={user}")
+        # On a phone: each row's id on one line (not broken mid-word), its stage still shown.
+        row = page.locator("table.convs tbody tr").filter(has_text=user)
+        link = row.locator("td.who a")
+        line = float(link.evaluate("a => parseFloat(getComputedStyle(a).lineHeight) || 20"))
+        assert link.bounding_box()["height"] < 1.6 * line  # type: ignore[index]
+        assert row.locator("td.stage").is_visible() and row.locator("td.stage").inner_text()
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         page.click(f"text={user}")
         assert "What is the capital of France?" in page.inner_text("#opened")
         convo = tmp_path / "admin-conversation-phone.png"
@@ -198,4 +208,44 @@ def test_wecom_group_streams_the_answer(
             keep(shot)
     finally:
         requests.post(f"{stack.url}/sandbox/wechat/engine", json={"delay": 0}, timeout=5)
+        context.close()
+
+
+# Draws one character on a canvas in the console's own font and returns its pixels.
+GLYPH_JS = """([chars, font]) => chars.map((c) => {
+  const canvas = document.createElement("canvas");
+  canvas.width = 64; canvas.height = 64;
+  const ctx = canvas.getContext("2d");
+  ctx.font = font; ctx.fillStyle = "#000"; ctx.textBaseline = "top";
+  ctx.fillText(c, 8, 8);
+  return Array.from(ctx.getImageData(0, 0, 64, 64).data.filter((_, i) => i % 4 === 3)).join(",");
+})"""
+
+
+def test_chinese_renders_as_glyphs_not_boxes(
+    browser: object, live_admin: tuple[str, Settings], tmp_path: Path
+) -> None:
+    """Fails (never skips) where the browser has no CJK font: every Chinese character would be
+    drawn as the same empty box, like a character no font has. `make browser` installs
+    fonts-noto-cjk with Chromium."""
+    base, _ = live_admin
+    context = browser.new_context(viewport=DESKTOP)  # type: ignore[attr-defined]
+    page = context.new_page()
+    try:
+        page.goto(f"{base}/admin/login")
+        page.evaluate("document.body.insertAdjacentHTML('beforeend', '<p id=zh>你好，中文</p>')")
+        font = page.evaluate("getComputedStyle(document.getElementById('zh')).font")
+        chinese = ["中", "文", "你", "好"]
+        missing = "\U0010fffd"  # private use: no font has it, so it shows the "no glyph" box
+        drawn = page.evaluate(GLYPH_JS, [[*chinese, missing], font])
+        shot = tmp_path / "admin-chinese.png"
+        page.locator("#zh").screenshot(path=str(shot))
+        keep(shot)
+        glyphs, box = drawn[:-1], drawn[-1]
+        blank = ",".join(["0"] * 64 * 64)
+        assert blank not in glyphs, f"Chinese draws nothing in {font!r}: install fonts-noto-cjk"
+        assert len(set(glyphs)) == len(glyphs) and box not in glyphs, (
+            f"Chinese renders as boxes in {font!r}: install fonts-noto-cjk (`make browser`)"
+        )
+    finally:
         context.close()

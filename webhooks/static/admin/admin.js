@@ -99,7 +99,7 @@ function renderTimeline(entry, rows) {
   for (const row of rows) {
     const tr = el("tr", { "data-stage": row.stage });
     if (!row.ok) tr.className = "fail";
-    tr.append(el("td", {}, row.stage), el("td", {}, row.after === null ? "" : row.after.toFixed(2)), el("td", {}, row.detail));
+    tr.append(el("td", {}, row.stage), el("td", {}, row.after === null ? "" : Math.max(0, row.after).toFixed(2)), el("td", {}, row.detail));
     body.append(tr);
   }
 }
