@@ -76,6 +76,17 @@ return {1, waiting}
 """
 
 
+def _repr(payload: dict[str, Any]) -> dict[str, str]:
+    """What the message's headers show of its arguments: the job's id, not its text.
+
+    Celery's default, a safe repr of the whole payload, costs about a millisecond of CPU per
+    publish (a fifth of an ingest) and copies the user's question into the headers.
+    """
+    job = payload.get("job")
+    ident = payload.get("job_id") or (job.get("job_id") if isinstance(job, dict) else "") or ""
+    return {"argsrepr": f"[{ident!r}]", "kwargsrepr": "{}"}
+
+
 class _Capture:
     """Stands in for kombu's Redis publish batch: keeps the commands a publish would run.
 
@@ -115,7 +126,7 @@ class Producer:
 
     def _send(self, name: str, payload: dict[str, Any], queue: str) -> None:
         try:
-            self.app.send_task(name, args=[payload], queue=queue, retry=False)
+            self.app.send_task(name, args=[payload], queue=queue, retry=False, **_repr(payload))
         except (OperationalError, redis.RedisError, OSError) as exc:
             raise Unavailable(f"cannot enqueue on {queue}: {type(exc).__name__}") from exc
 
@@ -145,13 +156,23 @@ class Producer:
                 if batches is None or getattr(batches, "current", None) is not None:
                     self._check_room()
                     self.app.send_task(
-                        name, args=[payload], queue=queue, retry=False, producer=producer
+                        name,
+                        args=[payload],
+                        queue=queue,
+                        retry=False,
+                        producer=producer,
+                        **_repr(payload),
                     )
                     return
                 batches.current = capture
                 try:
                     self.app.send_task(
-                        name, args=[payload], queue=queue, retry=False, producer=producer
+                        name,
+                        args=[payload],
+                        queue=queue,
+                        retry=False,
+                        producer=producer,
+                        **_repr(payload),
                     )
                 finally:
                     del batches.current
