@@ -1,4 +1,4 @@
-"""The `mimochat` command: up, demo, web, worker, send, doctor, download."""
+"""The `mimochat` command: up, demo, web, worker, wecom-connect, send, doctor, download."""
 
 from __future__ import annotations
 
@@ -130,6 +130,11 @@ def _run_all(
     # timeout. The web drains its requests in a second or two; Redis writes its file.
     worker = worker_argv("gpu,io", settings.gpu_concurrency, "mimochat")
     sup.add("worker", worker, restart=True, death_signal=signal.SIGKILL)
+    from bot.cli.wecom_connect import configured, connector_argv
+
+    if configured(settings):  # the WeCom long connection (one holder across the deployment)
+        print(f"  WeCom long connection: {settings.wecom_ws_url} (bot {settings.wecom_bot_id})")
+        sup.add("wecom", connector_argv(), restart=True)
     sup.add("web", web, restart=False)
     try:
         code = sup.run()
@@ -192,6 +197,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     argv = worker_argv(args.queues, args.concurrency or settings.gpu_concurrency, args.name)
     os.execv(argv[0], argv)
     return 0  # pragma: no cover
+
+
+def cmd_wecom_connect(args: argparse.Namespace) -> int:
+    """Only the WeCom long connection (WECOM_BOT_ID / WECOM_BOT_SECRET / WECOM_WS_URL)."""
+    from bot.cli.wecom_connect import main as connect_main
+
+    return connect_main()
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -502,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=0)
     p.add_argument("--name", default="mimochat")
     p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("wecom-connect", help=cmd_wecom_connect.__doc__)
+    p.set_defaults(func=cmd_wecom_connect)
     p = sub.add_parser("send", help=cmd_send.__doc__)
     p.add_argument("text")
     p.add_argument("--user", default="o_demo_user")

@@ -36,9 +36,10 @@ from bot.channels.wecom.lease import Lease
 from bot.channels.wecom.protocol import CONTENT_LIMIT, ProtocolError, fit_content, parse_callback
 from bot.channels.wecom.ws_client import AckError, Link, LinkClosed, WsClient
 from bot.core import jobs, progress
+from bot.core.contracts import new_id
 from bot.core.settings import Settings
 from bot.core.store import key
-from bot.pipeline.ingest import Enqueue
+from bot.pipeline.ingest import BUSY_TEXT, Enqueue
 from bot.text.split import utf8_len
 
 log = logging.getLogger(__name__)
@@ -181,14 +182,22 @@ class Connector:
             return
         if message.kind in ("stream", "event"):
             return
-        reply = await self._call(
-            streams.ingest,
-            message,
-            settings=self.settings,
-            client=self.redis,
-            enqueue=self.enqueue,
-            via="ws",
-        )
+        try:
+            reply = await self._call(
+                streams.ingest,
+                message,
+                settings=self.settings,
+                client=self.redis,
+                enqueue=self.enqueue,
+                via="ws",
+            )
+        except Exception:
+            # Redis or the broker is down: ingest kept no record, and WeCom does not redeliver
+            # over the long connection, so say so rather than stay silent.
+            log.exception("wecom msgid %s could not be taken in", message.msg_id)
+            busy = frames.stream_body(new_id(), BUSY_TEXT, True)
+            await self._respond(link, req_id, busy)
+            return
         if reply.duplicate:
             # The first delivery's stream (or its send_msg) answers; a second one would be a
             # second answer in the chat.

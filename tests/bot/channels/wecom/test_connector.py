@@ -24,6 +24,8 @@ from bot.channels.wecom.ws_sandbox import FakeWeCom
 from bot.core.contracts import Job
 from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
+from bot.core.store import Unavailable
+from bot.pipeline.ingest import BUSY_TEXT, QueueFull
 from bot.pipeline.ledger import Ledger
 from bot.text.split import utf8_len
 from tests.bot.channels.wecom.ws_helpers import run, until
@@ -90,6 +92,8 @@ async def rig(settings: Settings, redis_client: redis.Redis, **changes: Any) -> 
             stop.set()
         await asyncio.gather(*the_rig.tasks, return_exceptions=True)
         await fake.stop()
+        # The connector's threads opened connections of their own: close them all now.
+        redis_client.connection_pool.disconnect()
 
 
 async def grow(client: redis.Redis, job: Job, parts: list[str], state: str = "done") -> str:
@@ -205,7 +209,10 @@ def test_two_people_in_one_group_keep_separate_threads(
             group = unique("g")
             await r.fake.say(r.bot, "erin", "@MiMo one", chat_id=group)
             await r.fake.say(r.bot, "frank", "@MiMo two", chat_id=group)
-            first, second = await r.job(1), await r.job(2)
+            await r.job(2)
+            # The two callbacks are taken in concurrently: find each person's job by its asker.
+            first, second = sorted(r.jobs, key=lambda j: j.asker)
+            assert (first.asker, second.asker) == ("erin", "frank")
             assert {first.user, second.user} == {f"g:{group}:u:erin", f"g:{group}:u:frank"}
             await grow(redis_client, first, ["for erin"])
             await grow(redis_client, second, ["for frank"])
@@ -319,5 +326,37 @@ def test_one_connection_per_bot_and_a_takeover_resumes_pending_answers(
             await grow(redis_client, job, ["answered by the new holder"])
             await until(lambda: r.state(job) == "delivered", what="delivered")
             assert r.fake.pushed["kate"] == [r.fake.pushed["kate"][0]]
+
+    run(scenario())
+
+
+class Broken:
+    """An enqueue function that fails as the producer does when the broker is full or down."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def __call__(self, job: Job) -> None:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    "exc", [QueueFull("10 waiting"), Unavailable("broker down")], ids=["full", "down"]
+)
+def test_a_question_that_cannot_be_queued_gets_the_busy_notice(
+    settings: Settings, redis_client: redis.Redis, exc: Exception
+) -> None:
+    async def scenario() -> None:
+        async with rig(settings, redis_client) as r:
+            connector = Connector(r.settings, redis_client, Broken(exc), interval=0.05)
+            stop = asyncio.Event()
+            task = asyncio.create_task(connector.run(stop))
+            await until(lambda: r.fake.connected(r.bot) > 0, what="subscribed")
+            await r.fake.say(r.bot, "leo", "question")
+            await until(lambda: bool(r.fake.stream_in("leo")), what="the notice")
+            (stream,) = r.fake.stream_in("leo")
+            assert stream.finished and stream.contents == [BUSY_TEXT]
+            stop.set()
+            await task
 
     run(scenario())
