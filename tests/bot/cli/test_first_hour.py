@@ -232,3 +232,26 @@ def test_worker_metrics_bind_loopback_unless_told(home: Path, host: str | None, 
         child.wait()
         if child.stdout is not None:
             child.stdout.close()
+
+
+@pytest.mark.parametrize("module", ["tasks.worker", "bot.engine.transformers.engine"])
+def test_worker_starts_without_a_numpy_or_user_warning(home: Path, module: str) -> None:
+    """What a worker imports at start prints no warning (torch warns when NumPy is missing)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MIMOCHAT_DATA_DIR": str(home / "data")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error::UserWarning",
+            "-W",
+            "error::RuntimeWarning",
+            "-c",
+            f"import numpy, torch, {module}; torch.from_numpy(numpy.zeros(2))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warn" not in done.stderr.lower(), done.stderr[-2000:]
