@@ -271,3 +271,32 @@ def test_channel_default_and_think_off_answers_without_reasoning(
     result = answer(queued[0], settings=s, client=redis_client, engine=get_engine(s))
     assert result is not None and result.answer
     assert result.reasoning_tokens == 0 and result.reasoning == ""
+
+
+def test_wecom_think_is_per_person_in_the_thread(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    s = settings.replace(wecom_session_scope="group")
+    chat, alice, bob = unique("g"), unique("u"), unique("u")
+
+    def say(user: str, text: str) -> list[Job]:
+        queued: list[Job] = []
+        m = IncomingMessage(
+            channel="wecom",
+            user=user,
+            account="AIBOT",
+            kind="text",
+            content=f"@MiMo {text}",
+            msg_id=unique("m"),
+            chat_id=chat,
+            chat_type="group",
+        )
+        streams.ingest(m, settings=s, client=redis_client, enqueue=queued.append)
+        return queued
+
+    assert say(alice, "/think off") == []
+    [alices] = say(alice, "what is 2+2?")
+    [bobs] = say(bob, "what is 3+3?")
+    assert alices.user == bobs.user  # one group thread
+    assert thinking.budget(s, redis_client, alices) == 0
+    assert thinking.budget(s, redis_client, bobs) == s.thinking_budget

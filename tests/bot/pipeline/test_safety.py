@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from bot.channels.wecom import streams
-from bot.core.contracts import Answer
+from bot.core.contracts import Answer, IncomingMessage, Job
+from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
 from bot.pipeline import guardlog, guards, safety
 from tests.helpers import make_job, unique
@@ -146,3 +147,36 @@ def test_ten_thousand_terms_stay_fast(tmp_path: Path) -> None:
         assert not safety.find(text, automaton)
     assert (time.perf_counter() - started) / 200 < 0.001
     assert safety.find("about t e r m 9999 x", automaton)
+
+
+@pytest.mark.parametrize("action", ["mask", "withhold"])
+def test_wecom_refreshes_never_show_a_term(
+    tmp_path: Path, settings: Settings, redis_client: redis.Redis, action: str
+) -> None:
+    """Through the real ingest, answer and refresh: each frame screened, the final one too."""
+    s = settings.replace(safety_lists=lists(tmp_path, **{action: ["bad"]}))
+    queued: list[Job] = []
+    m = IncomingMessage(
+        channel="wecom",
+        user=unique("u"),
+        account="AIBOT",
+        kind="text",
+        content="how am I?",
+        msg_id=unique("m"),
+    )
+    reply = streams.ingest(m, settings=s, client=redis_client, enqueue=queued.append)
+    [job] = queued
+    automaton = safety.lists_for(s.safety_lists).answers
+    writer = ProgressWriter(redis_client, job.job_id, min_interval=0)
+    text = "you are B A D, truly"
+    for ch in text:
+        writer.add("answer", ch)
+        frame = streams.refresh(reply.stream_id, settings=s, client=redis_client)["stream"]
+        assert not safety.find(frame["content"], automaton) and "B A" not in frame["content"]
+    # The worker checks the finished answer before publishing it (answer.py does the same).
+    checked = guards.check_answer(s, redis_client, Answer(job=job, answer=text))
+    writer.finish(checked.answer, "")
+    done = streams.refresh(reply.stream_id, settings=s, client=redis_client)["stream"]
+    assert done["finish"] and not safety.find(done["content"], automaton)
+    expected = "you are ＊＊＊＊＊, truly" if action == "mask" else guards.WITHHELD_TEXT
+    assert done["content"].endswith(expected)
