@@ -14,6 +14,8 @@ import redis
 from bot.core.settings import Settings
 from bot.pipeline import guardlog, ratelimit, safety
 
+KEEP = guardlog.KEEP  # decisions listed at most
+
 
 def overview(client: redis.Redis, settings: Settings, limit: int = 100) -> dict[str, Any]:
     """Limits in force, who is limited now, the latest decisions with their rules."""

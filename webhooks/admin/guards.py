@@ -37,4 +37,6 @@ def lift_limit() -> WerkzeugResponse:
 def get_guards():  # noqa: ANN201
     """Limits in force, who is limited now, recent safety and rate-limit decisions."""
     s = services()
-    return jsonify(guardview.overview(s.redis, s.settings, int(request.args.get("limit", 100))))
+    limit = request.args.get("limit", "100")
+    count = min(int(limit), guardview.KEEP) if limit.isdigit() and int(limit) > 0 else 100
+    return jsonify(guardview.overview(s.redis, s.settings, count))

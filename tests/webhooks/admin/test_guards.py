@@ -87,3 +87,9 @@ def test_lift_needs_the_csrf_token(logged_in: Browser, decided: dict[str, str]) 
         "/admin/guards/lift", data={"channel": "wechat", "scope": "user", "who": decided["limited"]}
     )
     assert res.status_code in (400, 403)
+
+
+@pytest.mark.parametrize("limit", ["x", "-1", "0", "99999", "1"])
+def test_api_limit_is_parsed_safely(admin_client: FlaskClient, limit: str) -> None:
+    res = admin_client.get(f"/admin/api/guards?limit={limit}", headers=AUTH)
+    assert res.status_code == 200 and "decisions" in res.get_json()
