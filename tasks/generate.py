@@ -54,7 +54,11 @@ def register(app: Celery, settings: Settings) -> None:
         reason = f"generation failed after {task.request.retries} retries: {type(exc).__name__}"
         log.error("job %s: %s; apologizing", job.job_id, reason)
         moved = Ledger(client).move(
-            job.key, "answered", since=("received", "queued", "generating"), reason=reason
+            job.key,
+            "answered",
+            since=("received", "queued", "generating"),
+            reason=reason,
+            apology=1,
         )
         if moved.ok:
             dispatch.deliver(app, settings, client, apology(job, reason))

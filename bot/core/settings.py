@@ -204,7 +204,7 @@ class Settings(GuardSettings):
     dedup_ttl: int = setting(
         "MIMOCHAT_DEDUP_TTL",
         86400,
-        "Seconds a message id is remembered against WeChat retries.",
+        "Seconds a message's ledger record (its dedupe against retries) is kept; at least 2 days.",
         gt=0,
     )
     max_queue: int = setting(

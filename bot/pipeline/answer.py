@@ -81,6 +81,7 @@ def answer(
         since=("generating",),
         when={"worker": worker},
         reason=result.error or None,
+        apology=1 if result.apology else None,
     )
     return result
 

@@ -197,8 +197,11 @@ def _earlier(
     if record.state == "received" and job is not None:
         # The first try failed after writing its job (the webhook said 503): send it again.
         # If it had reached the queue, the worker finds the record moving and runs it once.
-        enqueue(job)
-        ledger.move(msg_key, "queued", since=("received",))
+        try:
+            enqueue(job)
+            ledger.move(msg_key, "queued", since=("received",))
+        except QueueFull:
+            pass  # the record still holds the job: the sweeper queues it once there is room
     elif record.state == "received" and _stale(fields):
         log.warning("message %s: the first try died before deciding; deciding now", msg_key)
         look = _look_again(message, settings, client)

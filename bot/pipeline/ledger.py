@@ -189,6 +189,8 @@ class Ledger:
     def __init__(self, client: redis.Redis, settings: Settings | None = None) -> None:
         self.redis = client
         self.deadlines = dict(DEADLINES)
+        # The record is the dedupe: it lives at least as long as MIMOCHAT_DEDUP_TTL says.
+        self.ttl = max(RECORD_TTL, settings.dedup_ttl) if settings is not None else RECORD_TTL
         if settings is not None:
             stuck = settings.stuck_after
             self.deadlines.update(queued=stuck, generating=stuck, delivering=stuck)
@@ -237,7 +239,7 @@ class Ledger:
         args: list[Any] = [
             msg_key,
             f"{now:.3f}",
-            RECORD_TTL,
+            self.ttl,
             f"{self.deadline('received', now):.3f}",
             STATE_INDEX_MAX,
             len(stamps),
@@ -303,7 +305,7 @@ class Ledger:
             raise ValueError(f"unknown ledger state {to!r}")
         now = time.time()
         due = "" if to in FINAL else f"{deadline or self.deadline(to, now):.3f}"
-        args: list[Any] = [msg_key, to, f"{now:.3f}", due, RECORD_TTL, STATE_INDEX_MAX]
+        args: list[Any] = [msg_key, to, f"{now:.3f}", due, self.ttl, STATE_INDEX_MAX]
         args += [len(since), *since]
         checks = when or {}
         args.append(len(checks))

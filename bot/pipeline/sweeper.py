@@ -98,7 +98,13 @@ def _move_on(
             return "requeue" if moved.ok else ""
         answer = apology(job, f"gave up after {attempts} attempts: {why}")
         moved = ledger.move(
-            record.key, "answered", since=(state,), when=guard, attempts=attempts + 1, reason=why
+            record.key,
+            "answered",
+            since=(state,),
+            when=guard,
+            attempts=attempts + 1,
+            reason=why,
+            apology=1,
         )
         if moved.ok:
             actions.deliver(answer)

@@ -60,7 +60,10 @@ def respond(
         )
     text, _remaining = box.take(PART_LIMIT)
     if ready and text and decision.key:
-        Ledger(client).move(decision.key, "delivered", since=("parked",), via="passive")
+        ledger = Ledger(client, settings)
+        record = ledger.get(decision.key)
+        final = "apologized" if record is not None and record.fields.get("apology") else "delivered"
+        ledger.move(decision.key, final, since=("parked",), via="passive")
     if not ready:
         text = f"{text}\n\n{commands.STILL_THINKING_TEXT}" if text else commands.STILL_THINKING_TEXT
         jobs.record(client, job_id, "notice", attempt=decision.attempt)
