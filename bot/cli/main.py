@@ -87,7 +87,12 @@ def _demo_banner(host: str, port: int, settings: Settings) -> None:
 
 
 def _run_all(
-    env: dict[str, str], host: str, port: int, title: str, server: str = "gunicorn"
+    env: dict[str, str],
+    host: str,
+    port: int,
+    title: str,
+    server: str = "gunicorn",
+    wecom_sandbox: list[str] | None = None,
 ) -> int:
     from bot.cli import running
     from bot.cli.ports import port_problem
@@ -132,6 +137,11 @@ def _run_all(
     sup.add("worker", worker, restart=True, death_signal=signal.SIGKILL)
     from bot.cli.wecom_connect import configured, connector_argv
 
+    if wecom_sandbox:  # the demo's fake WeCom long-connection server
+        sup.add("wecom-sandbox", wecom_sandbox, restart=True)
+        http = settings.wecom_ws_url.replace("ws://", "http://")
+        print(f"  WeCom long connection (fake WeCom): {http}/say?chatid=team&userid=alice&text=hi")
+        print(f"    then {http}/chat?chatid=team")
     if configured(settings):  # the WeCom long connection (one holder across the deployment)
         print(f"  WeCom long connection: {settings.wecom_ws_url} (bot {settings.wecom_bot_id})")
         sup.add("wecom", connector_argv(), restart=True)
@@ -157,8 +167,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         fresh.mkdir(parents=True, exist_ok=True)
         env["MIMOCHAT_DATA_DIR"] = str(fresh)
         print(f"mimochat demo: fresh data directory {fresh} (earlier ones stay in {fresh.parent})")
+    from bot.cli.wecom_connect import demo_robot
+
+    fake_wecom = demo_robot(env)  # the long connection too, against a fake WeCom
     # werkzeug starts in a fraction of gunicorn's time; the demo's load is one person typing.
-    return _run_all(env, args.host, args.port, "mimochat demo", server="werkzeug")
+    return _run_all(env, args.host, args.port, "mimochat demo", "werkzeug", fake_wecom)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

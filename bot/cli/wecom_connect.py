@@ -18,11 +18,38 @@ import sys
 from bot.core.settings import Settings, load_or_exit
 
 log = logging.getLogger("mimochat.wecom")
+DEMO_BOT_ID = "mimochat-demo-robot"
+DEMO_BOT_SECRET = "mimochat-demo-secret"
 
 
 def connector_argv() -> list[str]:
     """The command line the supervisor starts the connector with."""
     return [sys.executable, "-m", "bot.cli.wecom_connect"]
+
+
+def demo_robot(env: dict[str, str]) -> list[str] | None:
+    """For `mimochat demo` with no robot of its own: a fake WeCom on a free port, and the
+    settings that point the connector at it (set in `env`); returns the fake's command line."""
+    if env.get("WECOM_BOT_ID") or env.get("WECOM_WS_URL"):
+        return None  # settings given in the environment or .env win over the demo's own
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env.update(
+        WECOM_BOT_ID=DEMO_BOT_ID,
+        WECOM_BOT_SECRET=DEMO_BOT_SECRET,
+        WECOM_WS_URL=f"ws://127.0.0.1:{port}",
+    )
+    bot = f"{DEMO_BOT_ID}:{DEMO_BOT_SECRET}"
+    return [
+        sys.executable,
+        "-m",
+        "bot.channels.wecom.ws_sandbox",
+        "--port",
+        str(port),
+        "--bot",
+        bot,
+    ]
 
 
 def configured(settings: Settings) -> bool:

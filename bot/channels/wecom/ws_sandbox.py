@@ -6,7 +6,9 @@ subscribed connection for a bot replaces the old one, which gets `disconnected_e
 clean close; `aibot_respond_msg` must carry the req_id of a callback sent on that same
 connection, and a stream frame carries the whole content so far (≤ 20480 bytes) until
 `finish`; past the stream's time limit a frame gets 846608. Pushes (`aibot_send_msg`) and
-welcomes are kept per chat. Tests drive it with `say`, `event`, `close`, `drop`.
+welcomes are kept per chat. Tests drive it with `say`, `event`, `close`, `drop`; by hand (the
+demo), plain HTTP GETs on the same port do: `/say?userid=&chatid=&text=`, `/event?eventtype=`,
+`/chat?chatid=` (or `userid=`) and `/healthz`.
 
 `SandboxThread` runs it on an event loop of its own, so synchronous code (tests, the demo's
 supervisor) can use it.
@@ -17,15 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from bot.channels.wecom import frames
 from bot.channels.wecom.protocol import CONTENT_LIMIT, new_msgid
@@ -82,7 +88,9 @@ class FakeWeCom:
 
     async def start(self, port: int = 0) -> int:
         """Listen on 127.0.0.1 (`port` 0: a free one); returns the port."""
-        self.server = await serve(self.serve, "127.0.0.1", port, ping_interval=None)
+        self.server = await serve(
+            self.serve, "127.0.0.1", port, ping_interval=None, process_request=self.http
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
 
@@ -96,6 +104,38 @@ class FakeWeCom:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+    async def http(self, conn: ServerConnection, request: Request) -> Response | None:
+        """Plain HTTP GETs drive the fake by hand (the demo): /say, /event, /chat, /healthz."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None  # a WebSocket client: go on with the handshake
+        url = urlsplit(request.path)
+        q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        bot = q.get("bot") or next(iter(self.current), "")
+        try:
+            if url.path == "/say":
+                chat = q.get("chatid", "")
+                rid = await self.say(bot, q.get("userid", "demo_user"), q["text"], chat_id=chat)
+                result: Any = {"req_id": rid}
+            elif url.path == "/event":
+                kind = q.get("eventtype", "enter_chat")
+                result = {"req_id": await self.event(bot, q.get("userid", "demo_user"), kind)}
+            elif url.path == "/chat":
+                chat = q.get("chatid") or q.get("userid", "")
+                shown = [
+                    {"stream": s.stream_id, "content": s.content, "finished": s.finished}
+                    for s in self.stream_in(chat)
+                ]
+                result = {"streams": shown, "pushed": self.pushed.get(chat, [])}
+            elif url.path == "/healthz":
+                result = {"connected": {b: c.number for b, c in self.current.items()}}
+            else:
+                return conn.respond(HTTPStatus.NOT_FOUND, "not found\n")
+        except (KeyError, RuntimeError) as exc:
+            return conn.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        response = conn.respond(HTTPStatus.OK, json.dumps(result, ensure_ascii=False) + "\n")
+        response.headers["Content-Type"] = "application/json; charset=utf-8"
+        return response
 
     async def serve(self, ws: ServerConnection) -> None:
         """One connection, until it closes."""
