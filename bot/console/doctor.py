@@ -17,6 +17,7 @@ import redis
 
 from bot.channels.wechat import reply_mode, simulator
 from bot.channels.wechat.api import check_access_token
+from bot.channels.wecom.probe import long_connection
 from bot.console import workers
 from bot.core.settings import BACKENDS, REPLY_MODES, WECOM_SCOPES, Settings
 from bot.core.store import connect, resolve_url
@@ -327,6 +328,7 @@ def run_checks(
                 Check("access token", False, "needs WECHAT_APP_ID and WECHAT_APP_SECRET", True)
             )
     checks.append(reply_mode_check(s, client))
+    checks.append(Check("WeCom long connection", *long_connection(s, client)))
     if webhook_url:
         checks.append(webhook_check(s, webhook_url))
     return checks

@@ -11,7 +11,7 @@ import pytest
 
 from bot.channels.wecom.ws_sandbox import SandboxThread
 from bot.cli.main import build_parser
-from bot.cli.wecom_connect import configured, connector_argv
+from bot.cli.wecom_connect import DEMO_BOT_ID, configured, connector_argv, demo_robot
 from bot.core.settings import Settings
 from tests.helpers import unique
 
@@ -67,3 +67,18 @@ def test_it_subscribes_over_ws_and_stops_on_sigterm(settings: Settings, tmp_path
         assert proc.stderr is not None
         proc.stderr.close()
         fake.stop()
+
+
+@pytest.mark.parametrize(
+    "given", [{}, {"WECOM_BOT_ID": "mine"}, {"WECOM_WS_URL": "wss://example.invalid"}]
+)
+def test_the_demo_runs_a_fake_wecom_unless_told_otherwise(given: dict[str, str]) -> None:
+    env = dict(given)
+    argv = demo_robot(env)
+    if given:  # settings in the environment or .env win over the demo's own
+        assert argv is None and env == given
+        return
+    assert argv is not None and argv[1:3] == ["-m", "bot.channels.wecom.ws_sandbox"]
+    assert env["WECOM_BOT_ID"] == DEMO_BOT_ID and env["WECOM_WS_URL"].endswith(
+        argv[argv.index("--port") + 1]
+    )
