@@ -42,16 +42,21 @@ def parsed(spec: str) -> tuple[RateLimitItem, ...]:
     return tuple(parse_many(spec)) if spec.strip() else ()
 
 
-_limiters: dict[int, FixedWindowRateLimiter] = {}
+_limiters: dict[str, FixedWindowRateLimiter] = {}
 
 
 def limiter(client: redis.Redis) -> FixedWindowRateLimiter:
-    """A limiter on the client's own connection pool (one per pool and process)."""
+    """A limiter on the client's connection pool: one per Redis server and database, per process.
+
+    Keyed by where the pool connects, not by the pool, so clients made per test or per request
+    share one limiter instead of each leaving one behind.
+    """
     pool = client.connection_pool
-    found = _limiters.get(id(pool))
+    where = repr(sorted((k, str(v)) for k, v in pool.connection_kwargs.items()))
+    found = _limiters.get(where)
     if found is None:
         storage = RedisStorage("redis://", connection_pool=pool, key_prefix=key("ratelimit"))
-        found = _limiters[id(pool)] = FixedWindowRateLimiter(storage)
+        found = _limiters[where] = FixedWindowRateLimiter(storage)
     return found
 
 
