@@ -8,13 +8,18 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
+from bot.channels.wechat.api import WeChatAPI
+from bot.channels.wechat.delivery import deliver
+from bot.channels.wechat.reply_mode import ServiceWindow
 from bot.channels.wecom import streams
 from bot.core.contracts import Answer, IncomingMessage, Job
 from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
+from bot.core.store import connect
 from bot.pipeline import guardlog, guards, safety
-from tests.helpers import make_job, unique
+from tests.helpers import make_answer, make_job, unique, user_with_window
 
 
 def lists(tmp_path: Path, **terms: list[str]) -> str:
@@ -180,3 +185,29 @@ def test_wecom_refreshes_never_show_a_term(
     assert done["finish"] and not safety.find(done["content"], automaton)
     expected = "you are ＊＊＊＊＊, truly" if action == "mask" else guards.WITHHELD_TEXT
     assert done["content"].endswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("action", "sent"),
+    [("mask", "Your score: " + "＊" * 11 + " (see above)."), ("withhold", guards.WITHHELD_TEXT)],
+)
+def test_wechat_delivery_sends_only_the_screened_text(
+    tmp_path: Path,
+    live_sandbox,
+    action: str,
+    sent: str,  # noqa: ANN001
+) -> None:
+    """A list that grew after generation still applies: delivery screens before formatting."""
+    base, settings = live_sandbox
+    s = settings.replace(safety_lists=lists(tmp_path, **{action: ["secret"]}))
+    client = connect(s.redis_url)
+    api, user = WeChatAPI(s, client), user_with_window(base)
+    ServiceWindow(s, client, user).open()
+    deliver(
+        make_answer(user, "Your score: s.e.c.r.e.t (see above)."),
+        settings=s,
+        client=client,
+        api=api,
+    )
+    res = requests.get(f"{base}/sandbox/wechat/outbox", params={"touser": user}, timeout=5)
+    assert [m["content"] for m in res.json()] == [sent]
