@@ -53,6 +53,7 @@ def pending_key(bot_id: str) -> str:
 
 
 PENDING_TTL = 2 * 3600
+FEEDBACK_KINDS = {"1": "good", "2": "bad", "3": "cancelled"}  # WeCom's feedback `type`
 
 
 class Connector:
@@ -211,7 +212,10 @@ class Connector:
         stream_id = reply.stream_id
         await self._call(self.streams.put, stream_id, req_id=req_id, conn=link.id)
         await self._call(self.redis.zadd, self.pending, {stream_id: time.time()})
-        if not await self._respond(link, req_id, reply.payload):
+        # Thumbs up/down on this answer come back as feedback_event with this id (only the
+        # first frame of a stream may carry it).
+        first = {**reply.payload["stream"], "feedback": {"id": stream_id}}
+        if not await self._respond(link, req_id, {**reply.payload, "stream": first}):
             await self._call(self.streams.put, stream_id, closed=1)
         self._follow(stream_id, reply.payload["stream"]["content"])
 
@@ -226,11 +230,27 @@ class Connector:
             # Another connection for this bot replaced ours; WeCom closes this one next.
             log.warning("wecom disconnected_event: another connection took over %s", link.id)
             link.displaced = True
-        elif kind == "feedback_event":
-            feedback = event.get("feedback") if isinstance(event, dict) else None
-            log.info("wecom feedback: %s", json.dumps(feedback, ensure_ascii=False))
+        elif kind == "feedback_event" and isinstance(event, dict):
+            await self._call(self._feedback, event)
         else:
             log.info("wecom event %s ignored", kind or "?")
+
+    def _feedback(self, event: dict[str, Any]) -> None:
+        """Record a person's feedback on the answer's job timeline (the turn it rated)."""
+        feedback = event.get("feedback_event") or event.get("feedback")
+        if not isinstance(feedback, dict):
+            log.info("wecom feedback_event without a feedback object; ignored")
+            return
+        stream_id = str(feedback.get("id", ""))
+        job_id = self.streams.get(stream_id).get("job_id", "") if stream_id else ""
+        rating = FEEDBACK_KINDS.get(str(feedback.get("type", "")), "other")
+        log.info("wecom feedback %s on stream %s (job %s)", rating, stream_id, job_id or "?")
+        if job_id:  # beside the job's stages (jobs.record would make "feedback" its stage)
+            fields = {"feedback": rating, "feedback_at": f"{time.time():.3f}"}
+            if feedback.get("content"):
+                fields["feedback_comment"] = str(feedback["content"])[:500]
+            self.redis.hset(key("job", job_id), mapping=fields)
+        self.redis.hincrby(key("wecom", "feedback"), rating, 1)
 
     async def _respond(
         self, link: Link, req_id: str, body: dict[str, Any], cmd: str = frames.RESPOND

@@ -260,8 +260,10 @@ class FakeWeCom:
             body["chatid"] = chat_id
         return await self.callback(bot_id, frames.MSG_CALLBACK, body, req_id)
 
-    async def event(self, bot_id: str, user: str, kind: str, chat_id: str = "") -> str:
-        """An event (enter_chat, feedback_event, …) for the bot; returns its req_id."""
+    async def event(
+        self, bot_id: str, user: str, kind: str, chat_id: str = "", **extra: Any
+    ) -> str:
+        """An event (enter_chat, feedback_event, …) for the bot; `extra` joins the event."""
         body: dict[str, Any] = {
             "msgid": new_msgid(),
             "aibotid": bot_id,
@@ -269,7 +271,7 @@ class FakeWeCom:
             "from": {"userid": user},
             "msgtype": "event",
             "create_time": int(time.time()),
-            "event": {"eventtype": kind},
+            "event": {"eventtype": kind, **extra},
         }
         if chat_id:
             body["chatid"] = chat_id

@@ -24,7 +24,7 @@ from bot.channels.wecom.ws_sandbox import FakeWeCom
 from bot.core.contracts import Job
 from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
-from bot.core.store import Unavailable
+from bot.core.store import Unavailable, key
 from bot.pipeline.ingest import BUSY_TEXT, QueueFull
 from bot.pipeline.ledger import Ledger
 from bot.text.split import utf8_len
@@ -74,6 +74,10 @@ class Rig:
     def state(self, job: Job) -> str:
         record = Ledger(self.client).get(job.key)
         return record.state if record else ""
+
+
+def job_key(job: Job) -> str:
+    return key("job", job.job_id)
 
 
 @contextlib.asynccontextmanager
@@ -358,5 +362,26 @@ def test_a_question_that_cannot_be_queued_gets_the_busy_notice(
             assert stream.finished and stream.contents == [BUSY_TEXT]
             stop.set()
             await task
+
+    run(scenario())
+
+
+def test_feedback_is_recorded_with_the_answer_it_rates(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    async def scenario() -> None:
+        async with rig(settings, redis_client) as r:
+            r.start()
+            await until(lambda: r.fake.connected(r.bot) > 0, what="subscribed")
+            await r.fake.say(r.bot, "mia", "question")
+            job = await r.job()
+            await grow(redis_client, job, ["an answer"])
+            await until(lambda: r.state(job) == "delivered", what="delivered")
+            (stream,) = r.fake.stream_in("mia")
+            rated = {"id": stream.stream_id, "type": 2, "content": "wrong"}
+            await r.fake.event(r.bot, "mia", "feedback_event", feedback_event=rated)
+            await until(lambda: bool(redis_client.hget(job_key(job), "feedback")), what="saved")
+            assert redis_client.hget(job_key(job), "feedback") == "bad"
+            assert redis_client.hget(job_key(job), "feedback_comment") == "wrong"
 
     run(scenario())
