@@ -1,0 +1,442 @@
+"""Ingest speed: mimochat's /wechat against a bare Flask route and a minimal correct webhook.
+
+    .venv/bin/python bench/ingest.py [--processes 2] [--threads 8] [--seconds 8] [--rounds 2]
+
+Three apps, each served by the same production server (gunicorn, gthread, the same processes
+and threads), on 127.0.0.1 only, with one embedded Redis the bench starts and stops:
+
+- bare: a Flask route answering `success` (the server's own cost);
+- minimal: the least a correct webhook does — wechatpy verifies the signature and decrypts,
+  Redis `SET NX` deduplicates, one Celery publish, `success`;
+- mimochat: `webhooks.wsgi:app` under webhooks/gunicorn.conf.py (what the containers and
+  `mimochat up` run), customer-service mode, no worker (jobs wait in the queue).
+
+Each request is a new message, signed and AES-encrypted as WeChat does (generated before each
+round, so encryption is not the load generator's work during it). The load generator is wrk
+(from Debian: `apt-get install wrk`; a Lua script walks the pre-generated bodies, every wrk
+thread its own share) or, without it, a Python generator shipped here (slower: it competes for
+the same cores). Rounds alternate app by app; the best of the rounds counts. Then a fixed-rate
+run at 200 req/s (open loop: latency counted from each request's scheduled time) gives p99.
+
+Prints req/s, p50 and p99 per app, the ratios, and last `ingest/minimal: <ratio>x`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "benchtoken"
+APP_ID = "wx0123456789abcdef"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+ACCOUNT = "gh_bench"
+APPS = ("bare", "minimal", "mimochat")
+
+WRK_SCRIPT = """
+local bodies, paths, n = {}, {}, 0
+local counter, threads = 1, 1
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+end
+function init(args)
+  threads = tonumber(args[2])
+  for line in io.lines(args[1]) do
+    local tab = line:find("\\t")
+    n = n + 1
+    paths[n] = line:sub(1, tab - 1)
+    bodies[n] = line:sub(tab + 1)
+  end
+  i = id
+end
+local headers = {["Content-Type"] = "text/xml"}
+function request()
+  -- every thread its own share of the messages: thread k sends k, k+T, k+2T, ...
+  if i > n then i = ((i - 1) % n) + 1 end
+  local req = wrk.format("POST", paths[i], headers, bodies[i])
+  i = i + threads
+  return req
+end
+"""
+
+
+# --- the apps (imported by gunicorn: `bench.ingest:make_app("bare")`) -------------------------
+
+
+def make_app(kind: str):  # noqa: ANN201 (a Flask app; flask is imported here, in the worker)
+    """The WSGI app of `bare` or `minimal`, built in each gunicorn worker."""
+    from flask import Flask, Response, request
+
+    app = Flask(f"bench-{kind}")
+    if kind == "bare":
+
+        @app.post("/wechat")
+        def bare() -> Response:
+            return Response("success", mimetype="text/plain")
+
+        return app
+
+    import redis
+    from celery import Celery
+    from wechatpy import parse_message
+    from wechatpy.crypto import WeChatCrypto
+
+    url = os.environ["REDIS_URL"]
+    client = redis.Redis.from_url(url)
+    crypto = WeChatCrypto(TOKEN, AES_KEY, APP_ID)
+    broker = url.replace("unix://", "redis+socket://")
+    celery = Celery("bench-minimal", broker=broker, set_as_current=False)
+    celery.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
+
+    @app.post("/wechat")
+    def minimal() -> Response:
+        args = request.args
+        xml = crypto.decrypt_message(
+            request.get_data(), args["msg_signature"], args["timestamp"], args["nonce"]
+        )
+        message = parse_message(xml)
+        if client.set(f"bench:dedupe:{message.id}", "1", nx=True, ex=86400):
+            payload = {"user": message.source, "text": message.content, "msg_id": message.id}
+            celery.send_task("generate", args=[payload], queue="minimal", retry=False)
+        return Response("success", mimetype="text/plain")
+
+    return app
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+def messages(count: int) -> list[tuple[str, bytes]]:
+    """`count` new messages as WeChat posts them: (path with signed query, encrypted body)."""
+    from bot.channels.wechat.protocol import message_xml, sign_request
+
+    out = []
+    for i in range(count):
+        user = f"o_bench_{i % 500}"  # 500 users, each asking several questions
+        xml = message_xml(user, ACCOUNT, content=f"question {i}", msg_id=str(uuid.uuid4().int >> 65))
+        signed = sign_request(TOKEN, xml, aes_key=AES_KEY, app_id=APP_ID, openid=user)
+        out.append((f"/wechat?{urlencode(signed.params)}", signed.body.encode()))
+    return out
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """One gunicorn serving one app."""
+
+    kind: str
+    port: int
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(kind: str, env: dict[str, str], processes: int, threads: int, logs: Path) -> Server:
+    """Start gunicorn (gthread) for one app and wait until it answers."""
+    port = free_port()
+    shape = ["-k", "gthread", "-w", str(processes), "--threads", str(threads)]
+    if kind == "mimochat":
+        target = ["-c", str(ROOT / "webhooks" / "gunicorn.conf.py"), "webhooks.wsgi:app"]
+    else:
+        target = [f'bench.ingest:make_app("{kind}")']
+    argv = [sys.executable, "-m", "gunicorn", *shape, "--bind", f"127.0.0.1:{port}", *target]
+    with (logs / f"{kind}.log").open("ab") as out:
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(kind, port, process)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{kind} exited: {(logs / f'{kind}.log').read_text()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            path, body = messages(1)[0]
+            conn.request("POST", path, body)
+            if conn.getresponse().status == 200:
+                conn.close()
+                return server
+        except OSError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise SystemExit(f"{kind} did not answer in 60 s")
+
+
+# --- load --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One round of one app."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def wrk_round(port: int, msgs: list[tuple[str, bytes]], seconds: float, tmp: Path) -> Result:
+    """Closed loop with wrk: 2 threads, 8 connections, `--latency`."""
+    data, script = tmp / "bodies.tsv", tmp / "bodies.lua"
+    with data.open("wb") as f:
+        for path, body in msgs:
+            f.write(path.encode() + b"\t" + body.replace(b"\n", b"") + b"\n")
+    script.write_text(WRK_SCRIPT)
+    argv = ["wrk", "-t2", "-c8", f"-d{seconds:.0f}s", "--latency", "-s", str(script)]
+    argv += [f"http://127.0.0.1:{port}", "--", str(data), "2"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    return Result(
+        rps=float(_after(out, "Requests/sec:")),
+        p50_ms=_ms(_after(out, " 50%")),
+        p99_ms=_ms(_after(out, " 99%")),
+        errors=int(_after(out, "Non-2xx or 3xx responses:") or 0)
+        + sum(int(x) for x in _socket_errors(out)),
+    )
+
+
+def _after(text: str, label: str) -> str:
+    for line in text.splitlines():
+        if line.strip().startswith(label.strip()):
+            return line.split(label.strip(), 1)[1].split()[0]
+    return ""
+
+
+def _socket_errors(text: str) -> list[str]:
+    for line in text.splitlines():
+        if "Socket errors:" in line:  # connect 0, read 0, write 0, timeout 0
+            return [part.split()[-1] for part in line.split(":", 1)[1].split(",")]
+    return []
+
+
+def _ms(value: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * factor
+    return float("nan")
+
+
+def python_round(
+    port: int, msgs: list[tuple[str, bytes]], seconds: float, connections: int = 8
+) -> Result:
+    """Closed loop in Python (without wrk): `connections` keep-alive connections."""
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    index = iter(range(len(msgs)))
+    stop = time.monotonic() + seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        mine: list[float] = []
+        while time.monotonic() < stop:
+            with lock:
+                i = next(index, None)
+            if i is None:
+                break
+            path, body = msgs[i]
+            t0 = time.perf_counter()
+            conn.request("POST", path, body)
+            res = conn.getresponse()
+            res.read()
+            mine.append(time.perf_counter() - t0)
+            if res.status != 200:
+                errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    return _summary(latencies, elapsed, errors[0])
+
+
+def fixed_rate(port: int, msgs: list[tuple[str, bytes]], rate: float, seconds: float) -> Result:
+    """Open loop at `rate` req/s; each latency counted from the request's scheduled time."""
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    index = iter(range(total))
+    t0 = time.perf_counter() + 0.2
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        mine: list[float] = []
+        while True:
+            with lock:
+                i = next(index, None)
+            if i is None:
+                break
+            due = t0 + i / rate
+            if (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait)
+            path, body = msgs[i % len(msgs)]
+            conn.request("POST", path, body)
+            res = conn.getresponse()
+            res.read()
+            mine.append(time.perf_counter() - due)
+            if res.status != 200:
+                errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _summary(latencies, time.perf_counter() - t0, errors[0])
+
+
+def _summary(latencies: list[float], elapsed: float, errors: int) -> Result:
+    if not latencies:
+        return Result(0.0, float("nan"), float("nan"), errors)
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return Result(len(ordered) / elapsed, statistics.median(ordered) * 1000, p99 * 1000, errors)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    """Run the rounds and print the table; the last line is `ingest/minimal: <ratio>x`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=200.0, help="fixed-rate run, req/s")
+    parser.add_argument("--loader", choices=("auto", "wrk", "python"), default="auto")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    loader = args.loader
+    if loader == "auto":
+        loader = "wrk" if shutil.which("wrk") else "python"
+    if loader == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk), or use --loader python")
+
+    from bot.core.store import start_embedded  # stopped at this process's exit
+
+    tmp = Path(tempfile.mkdtemp(prefix="mimochat-bench-ingest-"))
+    url = start_embedded(tmp)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "REDIS_URL": url,
+        "MIMOCHAT_DATA_DIR": str(tmp),
+        "WECHAT_TOKEN": TOKEN,
+        "WECHAT_APP_ID": APP_ID,
+        "WECHAT_APP_SECRET": "bench-secret-0123456789abcdef0123",
+        "WECHAT_AES_KEY": AES_KEY,
+        "WECHAT_ENCRYPT_MODE": "safe",
+        "WECHAT_REPLY_MODE": "customer_service",  # nothing held: no worker answers here
+        "MIMOCHAT_MAX_QUEUE": "0",  # no worker drains the queue: never "busy"
+        "MIMOCHAT_SANDBOX": "0",
+        "ADMIN_TOKEN": "",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus"),
+    }
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        f"; server: gunicorn gthread {args.processes} x {args.threads}; loader: {loader}"
+        f"{' (-t2 -c8)' if loader == 'wrk' else ' (8 connections)'}",
+        flush=True,
+    )
+    servers: dict[str, Server] = {}
+    client = None
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url)
+        for kind in APPS:
+            servers[kind] = start(kind, env, args.processes, args.threads, tmp)
+        per_round = int(args.seconds * 3000)  # more than any app answers in a round here
+        results: dict[str, list[Result]] = {k: [] for k in APPS}
+        for r in range(args.rounds):
+            for kind in APPS:
+                client.flushall()  # each round on an empty Redis: queues do not grow across
+                msgs = messages(per_round)
+                port = servers[kind].port
+                if loader == "wrk":
+                    res = wrk_round(port, msgs, args.seconds, tmp)
+                else:
+                    res = python_round(port, msgs, args.seconds)
+                results[kind].append(res)
+                print(
+                    f"round {r + 1} {kind:<9} {res.rps:8.0f} req/s  p50 {res.p50_ms:6.1f} ms"
+                    f"  p99 {res.p99_ms:6.1f} ms  errors {res.errors}",
+                    flush=True,
+                )
+        best = {k: max(v, key=lambda x: x.rps) for k, v in results.items()}
+        fixed: dict[str, Result] = {}
+        for kind in ("minimal", "mimochat"):
+            client.flushall()
+            fixed[kind] = fixed_rate(
+                servers[kind].port, messages(int(args.rate * args.seconds)), args.rate, args.seconds
+            )
+    finally:
+        for server in servers.values():
+            server.stop()
+        if client is not None:
+            client.close()
+        shutil.rmtree(tmp / "prometheus", ignore_errors=True)
+    print()
+    print(f"| server (gunicorn gthread {args.processes} x {args.threads}) | req/s | p50 | p99 |")
+    print("|---|---:|---:|---:|")
+    for kind in APPS:
+        b = best[kind]
+        print(f"| {kind} | {b.rps:,.0f} | {b.p50_ms:.1f} ms | {b.p99_ms:.1f} ms |")
+    print()
+    for kind in ("minimal", "mimochat"):
+        f = fixed[kind]
+        print(
+            f"fixed {args.rate:.0f} req/s, {kind}: p50 {f.p50_ms:.1f} ms, p99 {f.p99_ms:.1f} ms"
+            f" ({f.rps:.0f} req/s done, errors {f.errors})"
+        )
+    print(f"minimal/bare: {best['minimal'].rps / best['bare'].rps:.2f}x")
+    print(f"ingest/bare: {best['mimochat'].rps / best['bare'].rps:.2f}x")
+    print(f"ingest/minimal: {best['mimochat'].rps / best['minimal'].rps:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
