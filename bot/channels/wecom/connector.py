@@ -95,6 +95,7 @@ class Connector:
             displaced_delay=displaced_delay,
         )
         self._followers: dict[str, asyncio.Task[None]] = {}
+        self._renewed = 0.0  # monotonic time of the last lease call Redis answered
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking work (Redis, the Celery enqueue) off the event loop."""
@@ -136,8 +137,6 @@ class Connector:
             else:
                 self._renewed = time.monotonic()
             await asyncio.sleep(step)
-
-    _renewed = 0.0
 
     def _lease_overdue(self) -> bool:
         return time.monotonic() - self._renewed > self.lease.ttl * 0.8
