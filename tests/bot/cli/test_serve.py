@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from bot.cli.main import _server_line
 from bot.cli.supervisor import web_argv, web_shape
 from bot.core.settings import Settings
 from tests.conftest import start_process, stop_process
@@ -74,3 +75,14 @@ def test_up_and_web_serve_with_gunicorn(command: str, settings: Settings, tmp_pa
         assert "gunicorn gthread, 2 process(es) x 4 thread(s)" in out
     finally:
         stop_process(proc, timeout=40)
+
+
+@pytest.mark.parametrize(
+    ("server", "banner"),
+    [
+        ("gunicorn", "gunicorn gthread, 3 process(es) x 5 thread(s)"),
+        ("werkzeug", "werkzeug (threaded development server, one process)"),  # the demo's
+    ],
+)
+def test_the_banner_names_the_server(server: str, banner: str) -> None:
+    assert _server_line(web_argv("127.0.0.1", 8000, server, 3, 5)) == banner
