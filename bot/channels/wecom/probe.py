@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import redis
-import websockets
+from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from bot.channels.wecom import frames
@@ -24,7 +24,7 @@ async def subscribe_once(url: str, bot_id: str, secret: str, timeout: float = PR
     """Dial, subscribe, and return the ack's errcode (the connection is closed at once)."""
     request = frames.frame(frames.SUBSCRIBE, {"bot_id": bot_id, "secret": secret})
     async with asyncio.timeout(timeout):
-        async with websockets.connect(url, ping_interval=None, close_timeout=1) as ws:
+        async with connect(url, ping_interval=None, close_timeout=1) as ws:
             await ws.send(frames.encode(request))
             while True:
                 reply = frames.decode(await ws.recv())

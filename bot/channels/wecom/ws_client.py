@@ -22,8 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import websockets
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from bot.channels.wecom import frames
@@ -180,7 +179,7 @@ class WsClient:
         self._count += 1
         try:
             # websockets picks TLS from the scheme: wss:// gets the default context, ws:// none.
-            ws = await websockets.connect(
+            ws = await connect(
                 self.url,
                 ping_interval=None,  # WeCom's own `ping` frames are the heartbeat
                 open_timeout=OPEN_TIMEOUT,

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 import requests
-import websockets
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 
 from bot.channels.wecom import frames
 from bot.channels.wecom.protocol import CONTENT_LIMIT
@@ -28,7 +27,7 @@ async def request(ws: ClientConnection, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def subscribed(fake: FakeWeCom, secret: str = SECRET) -> tuple[ClientConnection, int]:
-    ws = await websockets.connect(fake.url)
+    ws = await connect(fake.url)
     body = {"bot_id": BOT, "secret": secret}
     ack = await request(ws, frames.frame(frames.SUBSCRIBE, body))
     return ws, int(ack["errcode"])
