@@ -128,7 +128,10 @@ def messages(count: int) -> list[tuple[str, bytes]]:
     out = []
     for i in range(count):
         user = f"o_bench_{i % 500}"  # 500 users, each asking several questions
-        xml = message_xml(user, ACCOUNT, content=f"question {i}", msg_id=str(uuid.uuid4().int >> 65))
+        # Numeric MsgIds, as WeChat's: wechatpy's parser (the minimal webhook's) reads an int.
+        xml = message_xml(
+            user, ACCOUNT, content=f"question {i}", msg_id=str(uuid.uuid4().int >> 65)
+        )
         signed = sign_request(TOKEN, xml, aes_key=AES_KEY, app_id=APP_ID, openid=user)
         out.append((f"/wechat?{urlencode(signed.params)}", signed.body.encode()))
     return out
