@@ -64,7 +64,14 @@ def web_shape(processes: int = 0, threads: int = 16) -> tuple[int, int]:
     up to ~5 s on each of WeChat's 3 tries, so 16 threads per process (32 on 2 cores) keep
     room for new messages while a burst of questions waits for its answers.
     """
-    return max(1, processes or (os.cpu_count() or 1)), max(1, threads)
+    return max(1, processes or usable_cores()), max(1, threads)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def gunicorn_conf() -> str:

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from bot.cli.main import _server_line
-from bot.cli.supervisor import web_argv, web_shape
+from bot.cli.supervisor import usable_cores, web_argv, web_shape
 from bot.core.settings import Settings
 from tests.conftest import start_process, stop_process
 from tests.helpers import free_port
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.mark.parametrize(
     ("processes", "threads", "expected"),
     [
-        (0, 16, ((os.cpu_count() or 1), 16)),
+        (0, 16, (usable_cores(), 16)),
         (3, 4, (3, 4)),
         (1, 0, (1, 1)),
     ],
