@@ -2,8 +2,8 @@
 
 Webhook calls are counted per channel and outcome as they finish. At each scrape, queue depth,
 jobs taken but not acknowledged, workers online per queue, each worker's generations in flight
-(from its heartbeat, a few seconds old at most) and the stage of the newest jobs are read from
-Redis, so one scrape of the web shows the whole system; each worker's own detailed figures
+(from its heartbeat, a few seconds old at most), the stage of the newest jobs and the WeCom
+long connection's feedback by rating are read from Redis, so one scrape of the web shows the whole system; each worker's own detailed figures
 (tokens, tokens/s, time to answer, delivery errors) are on its `MIMOCHAT_METRICS_PORT`.
 """
 
@@ -17,9 +17,10 @@ from collections.abc import Iterator
 import redis
 from flask import Blueprint, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from bot.channels.wecom.connector import FEEDBACK_KINDS
 from bot.core import jobs, logs, metrics
 from bot.core.store import key
 from bot.pipeline.ingest import Decision
@@ -81,7 +82,7 @@ class RedisFigures(Collector):
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("mimochat_redis_up", "1 if Redis answered this scrape.")
         try:
             families = list(self._figures())
@@ -93,7 +94,7 @@ class RedisFigures(Collector):
         yield up
         yield from families
 
-    def _figures(self) -> Iterator[GaugeMetricFamily]:
+    def _figures(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
             "mimochat_queue_depth", "Jobs waiting in a queue, not yet taken.", labels=["queue"]
         )
@@ -129,6 +130,17 @@ class RedisFigures(Collector):
         for stage, count in sorted(self._stages().items()):
             by_stage.add_metric([stage], count)
         yield by_stage
+        feedback = CounterMetricFamily(
+            "mimochat_wecom_feedback",
+            "Thumbs up/down on answers over the WeCom long connection, by rating (good, bad, "
+            "cancelled, other); kept in Redis, so it counts every connector of the deployment.",
+            labels=["rating"],
+        )
+        counted = {rating: 0 for rating in (*FEEDBACK_KINDS.values(), "other")}
+        counted.update(self.client.hgetall(key("wecom", "feedback")))
+        for rating, count in sorted(counted.items()):
+            feedback.add_metric([str(rating)], int(count))
+        yield feedback
 
     def _stages(self) -> Counter:
         ids = self.client.lrange(key("jobs", "recent"), 0, jobs.RECENT_MAX - 1)

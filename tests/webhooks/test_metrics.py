@@ -12,6 +12,8 @@ from bot.channels.wechat.protocol import message_xml, sign_request
 from bot.console import workers
 from bot.core import jobs, metrics
 from bot.core.settings import Settings
+from bot.core.store import key
+from tests.bot.channels.wecom.ws_live import answer, live_connector, wait
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, unique
 from webhooks.app import create_app
 
@@ -88,6 +90,30 @@ def test_system_figures_read_from_redis(app: Flask, client: FlaskClient) -> None
         workers.gone(redis_client, worker)
 
 
+def feedback(samples: dict, rating: str) -> float:
+    return samples.get(("mimochat_wecom_feedback_total", (("rating", rating),)), 0.0)
+
+
+def test_wecom_feedback_counted_by_rating(settings: Settings, client: FlaskClient) -> None:
+    redis_client = client.application.extensions["mimochat"].redis
+    before = scrape(client)
+    with live_connector(settings, redis_client) as live:
+        live.call("say", live.bot, "mia", "question")
+        answer(redis_client, live.job(), "An answer.")
+        wait(lambda: any(s.finished for s in live.thread.fake.stream_in("mia")), 10, "finish")
+        (stream,) = live.thread.fake.stream_in("mia")
+        for kind in (1, 1, 2):  # thumbs up twice, thumbs down once
+            rated = {"id": stream.stream_id, "type": kind}
+            live.call("event", live.bot, "mia", "feedback_event", feedback_event=rated)
+        counted = key("wecom", "feedback")
+        wait(lambda: int(redis_client.hget(counted, "bad") or 0) >= 1, 10, "feedback counted")
+        wait(lambda: feedback(scrape(client), "good") - feedback(before, "good") == 2, 5, "good")
+    after = scrape(client)
+    deltas = {r: feedback(after, r) - feedback(before, r) for r in ("good", "bad", "cancelled")}
+    assert deltas == {"good": 2, "bad": 1, "cancelled": 0}
+    assert ("mimochat_wecom_feedback_total", (("rating", "cancelled"),)) in after  # 0, not absent
+
+
 @pytest.mark.parametrize(
     ("family", "where"),
     [
@@ -98,6 +124,7 @@ def test_system_figures_read_from_redis(app: Flask, client: FlaskClient) -> None
         ("mimochat_workers_online", "web"),
         ("mimochat_jobs", "web"),
         ("mimochat_engine_batch_size", "web"),
+        ("mimochat_wecom_feedback", "web"),
         # A worker's own figures: on its metrics server (its process registry), not the web's.
         ("mimochat_generations_in_flight", "worker"),
         ("mimochat_generated_tokens", "worker"),
