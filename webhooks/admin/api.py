@@ -13,6 +13,7 @@ from bot.channels.untrusted import load_json
 from bot.channels.wechat import simulator
 from bot.channels.wecom import sandbox as sandbox_wecom
 from bot.channels.wecom import simulator as simulator_wecom
+from bot.channels.wecom import ws_simulator
 from bot.console import admin, doctor, messages, stats
 from bot.core.store import Unavailable
 from webhooks.admin.auth import OFF_TEXT, api_auth, console_on
@@ -74,11 +75,28 @@ def get_doctor():  # noqa: ANN201
 @api_auth
 def get_channels():  # noqa: ANN201
     """What the simulator can speak as."""
+    long_connection = ws_simulator.channel(services().settings)
     return jsonify(
-        channels=[vars(c) for c in simulator.CHANNELS.values()],
+        channels=[*(vars(c) for c in simulator.CHANNELS.values()), vars(long_connection)],
         local_url=_local_webhook(),
         local_urls={name: _local_webhook(name) for name in simulator.CHANNELS},
     )
+
+
+def _simulate_wecom_ws(data: dict[str, Any]):  # noqa: ANN202
+    """A group @mention over the long connection, through the fake WeCom (see GET simulate/<id>)."""
+    s = services()
+    try:
+        sim = ws_simulator.simulate(
+            s.settings,
+            s.redis,
+            _text(data, "user", 128),
+            _text(data, "text"),
+            chat_id=_text(data, "chat_id", 128),
+        )
+    except simulator.SimulationError as exc:
+        return jsonify(error=str(exc)), 400
+    return jsonify(sim)
 
 
 def _simulate_wecom(channel: str, data: dict[str, Any], url: str):  # noqa: ANN202
@@ -116,6 +134,8 @@ def simulate():  # noqa: ANN201
     channel = _text(data, "channel", 40) or (
         "wechat_aes" if s.settings.encrypted else "wechat_plain"
     )
+    if channel == ws_simulator.NAME:
+        return _simulate_wecom_ws(data)
     url = _text(data, "url") or _local_webhook(channel)
     if channel.startswith("wecom"):
         return _simulate_wecom(channel, data, url)
@@ -143,6 +163,8 @@ def simulation(job_id: str):  # noqa: ANN201
     """One job (or WeCom simulation): timeline, text so far, reasoning, what the user saw."""
     s = services()
     job_id = job_id[:64]
+    if (over_ws := ws_simulator.view(s.redis, job_id)) is not None:
+        return jsonify(over_ws)
     view = admin.wecom_view(s.redis, s.settings, job_id) or admin.job_view(
         s.redis, s.settings, job_id
     )

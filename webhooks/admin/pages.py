@@ -12,6 +12,7 @@ from werkzeug.wrappers.response import Response as WerkzeugResponse
 
 from bot.channels.wechat import simulator
 from bot.channels.wecom import simulator as simulator_wecom
+from bot.channels.wecom import ws_simulator
 from bot.console import admin, messages
 from bot.console.guard import Verdict
 from webhooks.admin.auth import (
@@ -111,14 +112,15 @@ def simulator_page():  # noqa: ANN201
     """Chat simulator."""
     local = url_for("wechat.receive", _external=True)
     wecom = url_for("wecom.receive", _external=True)
+    # The long connection has no webhook: it goes through the fake WeCom, when one answers.
+    channels = [*simulator.CHANNELS.values(), ws_simulator.channel(services().settings)]
+    urls = {"/wecom": wecom, "/wechat": local}
     return render_template(
         "admin/simulator.html",
         page="simulator",
-        channels=list(simulator.CHANNELS.values()),
+        channels=channels,
         local_url=local,
-        local_urls={
-            c.name: wecom if c.path == "/wecom" else local for c in simulator.CHANNELS.values()
-        },
+        local_urls={c.name: urls.get(c.path, "") for c in channels},
         default_group=simulator_wecom.DEFAULT_GROUP,
         refresh=services().settings.wecom_sandbox_refresh_interval,
         encrypted=services().settings.encrypted,

@@ -52,6 +52,7 @@ class Stream:
     started: float
     contents: list[str] = field(default_factory=list)
     finished: bool = False
+    req_id: str = ""  # the callback it answers (the console finds its message's frames by it)
 
     @property
     def content(self) -> str:
@@ -123,7 +124,13 @@ class FakeWeCom:
             elif url.path == "/chat":
                 chat = q.get("chatid") or q.get("userid", "")
                 shown = [
-                    {"stream": s.stream_id, "content": s.content, "finished": s.finished}
+                    {
+                        "stream": s.stream_id,
+                        "req_id": s.req_id,
+                        "content": s.content,
+                        "finished": s.finished,
+                        "frames": [len(c) for c in s.contents],  # characters of each frame
+                    }
                     for s in self.stream_in(chat)
                 ]
                 result = {"streams": shown, "pushed": self.pushed.get(chat, [])}
@@ -217,7 +224,9 @@ class FakeWeCom:
         content = stream.get("content", "")
         if utf8_len(content) > CONTENT_LIMIT:
             return frames.ERR_BAD_FRAME
-        known = self.streams.setdefault(stream_id, Stream(stream_id, chat_id, time.monotonic()))
+        known = self.streams.setdefault(
+            stream_id, Stream(stream_id, chat_id, time.monotonic(), req_id=req_id)
+        )
         if known.finished or time.monotonic() - known.started > self.stream_limit:
             return frames.ERR_STREAM_EXPIRED
         known.contents.append(content)

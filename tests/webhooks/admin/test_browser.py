@@ -15,7 +15,9 @@ import pytest
 import requests
 
 from bot.core.settings import Settings
-from tests.conftest import Stack
+from bot.core.store import connect
+from tests.bot.channels.wecom.ws_live import answer, live_connector
+from tests.conftest import Stack, serve
 from tests.helpers import ADMIN_TOKEN, unique
 
 pytestmark = pytest.mark.integration
@@ -164,6 +166,7 @@ def test_wecom_group_streams_the_answer(
         page.wait_for_url(f"{base}/admin/")
         page.goto(f"{base}/admin/simulator")
         assert not page.is_visible("#sim-group")  # no group id for an Official Account
+        assert "long connection" in page.locator('option[value="wecom_ws"]').inner_text()
         page.select_option("#sim-channel", "wecom_group")
         assert page.is_visible("#sim-group")
         assert page.input_value("#sim-url") == f"{base}/wecom"
@@ -209,6 +212,47 @@ def test_wecom_group_streams_the_answer(
     finally:
         requests.post(f"{stack.url}/sandbox/wechat/engine", json={"delay": 0}, timeout=5)
         context.close()
+
+
+def test_long_connection_channel_shows_the_pushed_frames(
+    browser: object, admin_settings: Settings, tmp_path: Path
+) -> None:
+    """The "WeCom robot — long connection" channel against a real fake WeCom and connector
+    (the test plays the worker): the group's stream grows, then finishes."""
+    redis_client = connect(admin_settings.redis_url)
+    with live_connector(admin_settings, redis_client) as live, serve(live.settings) as base:
+        context = browser.new_context(viewport=DESKTOP)  # type: ignore[attr-defined]
+        page = context.new_page()
+        page.set_default_timeout(15_000)
+        try:
+            page.goto(f"{base}/admin/login")
+            page.fill("#token", ADMIN_TOKEN)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{base}/admin/")
+            page.goto(f"{base}/admin/simulator")
+            page.select_option("#sim-channel", "wecom_ws")
+            assert page.is_visible("#sim-group") and page.is_visible("#sim-note-ws")
+            assert not page.is_visible("#sim-url")  # no webhook: the WebSocket carries it
+            user = unique("zhang")
+            page.fill("#sim-user", user)
+            page.fill("#sim-text", "What is 2+2?")
+            page.click("#sim-send")
+            entry = page.locator(".exchange").first
+            entry.locator(".verdict").filter(has_text="aibot_msg_callback").wait_for()
+            entry.locator(".bubble.stream.streaming").wait_for()
+            assert entry.locator(".bubble.user").inner_text() == "@MiMo What is 2+2?"
+            answer(redis_client, live.job(), "Two and two make four.")
+            page.locator(".exchange.done").first.wait_for()
+            final = entry.locator(".bubble.stream.final")
+            assert final.locator(".answer").inner_text().strip() == "Two and two make four."
+            assert f"@{user}: What is 2+2?" in final.locator(".quote").inner_text()
+            assert "stream frames" in entry.locator(".progress").inner_text()
+            assert entry.locator('tr[data-stage="stream frame 1"]').count() == 1
+            shot = tmp_path / "admin-simulator-wecom-ws.png"
+            page.screenshot(path=str(shot), full_page=True)
+            keep(shot)
+        finally:
+            context.close()
 
 
 # Draws one character on a canvas in the console's own font and returns its pixels.

@@ -145,6 +145,29 @@ function renderWecom(entry, view) {
   renderTimeline(entry, view.timeline);
 }
 
+// The long connection: what the connector pushed for this message, as the group sees it — its
+// stream (the latest frame; how many frames and how they grew), then any markdown pushed by
+// aibot_send_msg when the answer outlived the stream.
+function renderWecomWs(entry, view) {
+  entry.querySelector(".bubble.user").textContent = visible(view.text);  // with its @mention
+  const replies = entry.querySelector(".replies");
+  replies.replaceChildren();
+  for (const s of view.streams) {
+    const state = s.handed_over ? "handed over" : s.finished ? "finish" : "streaming";
+    const who = `MiMo · stream, ${s.frames.length} frame${s.frames.length === 1 ? "" : "s"}, ${state}`;
+    replies.append(wecomBubble(s, s.finished ? "stream final" : "stream streaming", who));
+  }
+  for (const p of view.pushed) replies.append(wecomBubble(p, "late", "MiMo · via aibot_send_msg"));
+  showReasoning(entry, view.streams.at(-1)?.reasoning || view.pushed.at(-1)?.reasoning);
+  const sizes = view.streams.flatMap((s) => s.frames);
+  const growth = sizes.length ? ` (${sizes.join(" → ")} chars)` : "";
+  entry.querySelector(".progress").textContent = view.error || (view.done
+    ? `finished over the long connection: ${sizes.length} stream frames${growth}` +
+      (view.pushed.length ? `, ${view.pushed.length} pushed by aibot_send_msg` : "")
+    : `streaming… ${sizes.length} frames so far${growth}`);
+  renderTimeline(entry, view.timeline);
+}
+
 async function follow(entry, jobId) {
   // A WeCom answer may come through response_url after WeCom's 6 minutes of refreshes.
   const deadline = Date.now() + (entry.dataset.sim ? 420000 : 180000);
@@ -154,8 +177,8 @@ async function follow(entry, jobId) {
       entry.querySelector(".progress").textContent = err.message;
       return;
     }
-    if (view.kind === "wecom") {
-      renderWecom(entry, view);
+    if (view.kind === "wecom" || view.kind === "wecom_ws") {
+      (view.kind === "wecom" ? renderWecom : renderWecomWs)(entry, view);
       if (view.done) { entry.classList.add("done"); return; }
       await new Promise((r) => setTimeout(r, 500));
       continue;
@@ -218,12 +241,15 @@ async function simulate(event) {
 function channelChanged() {
   const option = $("sim-channel").selectedOptions[0];
   const wecom = Boolean(option.dataset.wecom);
+  const ws = Boolean(option.dataset.ws);  // the long connection: no webhook URL
   $("sim-group-field").hidden = !option.dataset.group;
   $("sim-user-label").textContent = wecom ? "User id (WeCom userid)" : "User id (OpenID)";
-  $("sim-note-wecom").hidden = !wecom;
+  $("sim-url-field").hidden = ws;
+  $("sim-note-ws").hidden = !ws;
+  $("sim-note-wecom").hidden = !wecom || ws;
   $("sim-note-wechat").hidden = wecom;
   const locals = [...$("sim-channel").options].map((o) => o.dataset.localUrl);
-  if (!$("sim-url").value || locals.includes($("sim-url").value)) $("sim-url").value = option.dataset.localUrl;
+  if (!ws && (!$("sim-url").value || locals.includes($("sim-url").value))) $("sim-url").value = option.dataset.localUrl;
 }
 
 // --- Setup -----------------------------------------------------------------

@@ -64,12 +64,15 @@ def answer(client: redis.Redis, job: Job, text: str) -> None:
 
 
 @contextlib.contextmanager
-def live_connector(settings: Settings, client: redis.Redis) -> Iterator[Live]:
-    """A fake WeCom and a subscribed connector, stopped (as by SIGTERM) on exit."""
+def live_connector(settings: Settings, client: redis.Redis, **changes: Any) -> Iterator[Live]:
+    """A fake WeCom and a subscribed connector (on `settings` with `changes`), stopped (as by
+    SIGTERM) on exit."""
     bot = unique("bot")
     thread = SandboxThread({bot: SECRET})
     url = thread.start()
-    changed = settings.replace(wecom_bot_id=bot, wecom_bot_secret=SECRET, wecom_ws_url=url)
+    changed = settings.replace(
+        wecom_bot_id=bot, wecom_bot_secret=SECRET, wecom_ws_url=url, **changes
+    )
     live = Live(thread, bot, changed)
     fast = {"interval": 0.05, "lease_ttl": 1.0, "backoff_base": 0.05, "backoff_max": 0.2}
     connector = Connector(changed, client, live.jobs.append, **fast)
