@@ -128,7 +128,9 @@ def _run_all(
     # `send` and `doctor` in another shell find this demo (and its settings) through this file.
     found = None
     if settings.sandbox:
-        found = running.record(host, port, settings.data_path, str(settings.redis_url))
+        found = running.record(
+            host, port, settings.data_path, str(settings.redis_url), settings.wecom_ws_url
+        )
     # If this process is killed outright, the worker is too (SIGKILL, not the SIGTERM of the
     # others): a warm shutdown would wait on a Redis that may be dying with us, and it loses
     # nothing, since jobs are acknowledged only once done and come back after the visibility

@@ -1,7 +1,8 @@
 """The demos running on this machine: one small file each, so `send` and `doctor` can find them.
 
 `mimochat demo` writes `~/.cache/mimochat/demos/<port>.json` (its URL, process id, data
-directory, Redis URL and working directory; no secret) when it starts and removes it when it
+directory, Redis URL, working directory and WeCom long-connection URL, which the console's
+simulator looks for a fake WeCom at; no secret) when it starts and removes it when it
 stops. A file whose process is gone (a demo killed outright) is ignored and removed when read.
 """
 
@@ -24,7 +25,7 @@ def run_dir() -> Path:
     return RUN_DIR.expanduser()
 
 
-def record(host: str, port: int, data_dir: Path, redis_url: str) -> Path:
+def record(host: str, port: int, data_dir: Path, redis_url: str, wecom_ws_url: str = "") -> Path:
     """Say that this process serves a demo on host:port; returns the file to `forget` later."""
     folder = run_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,6 +39,8 @@ def record(host: str, port: int, data_dir: Path, redis_url: str) -> Path:
         "redis_url": redis_url,
         "cwd": str(Path.cwd()),
     }
+    if wecom_ws_url:
+        entry["wecom_ws_url"] = wecom_ws_url
     path.write_text(json.dumps(entry) + "\n", encoding="utf-8")
     return path
 

@@ -4,6 +4,7 @@ server and a real connector: the @mention goes over the WebSocket, the view show
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from flask.testing import FlaskClient
 
 from bot.channels.wecom import ws_simulator
 from bot.channels.wecom.streams import HANDOVER_NOTE
+from bot.cli import running
 from bot.core.progress import ProgressWriter
 from bot.core.settings import Settings
 from bot.core.store import connect
@@ -93,6 +95,24 @@ def test_a_group_mention_shows_the_stream_frames_the_connector_pushed(
     stages = [row["stage"] for row in view["timeline"]]
     assert stages[0] == "callback" and f"stream frame {len(stream['frames'])}" in stages
     assert view["timeline"][-1]["detail"].endswith("finish")
+
+
+def test_a_running_demos_fake_is_found_through_its_file(
+    admin_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A console whose own WECOM_WS_URL is WeCom's finds the demo's fake via ~/.cache/mimochat."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    redis_client = connect(admin_settings.redis_url)
+    with live_connector(admin_settings, redis_client) as live:
+        demo = running.record("127.0.0.1", 8125, tmp_path, "", live.settings.wecom_ws_url)
+        client = console(live.settings.replace(wecom_ws_url="wss://openws.work.weixin.qq.com"))
+        assert offered(client)["available"]
+        body = {"channel": ws_simulator.NAME, "user": unique("wu"), "text": "hello"}
+        res = client.post("/admin/api/simulate", json=body, headers=BEARER)
+        assert res.status_code == 200, res.get_json()
+        assert live.job().text == "hello"
+        running.forget(demo)
+    assert not offered(client)["available"]
 
 
 def test_an_answer_past_the_window_shows_the_send_msg_push(admin_settings: Settings) -> None:
