@@ -126,8 +126,10 @@ def on_shutting_down(sig: str, how: str, **_: object) -> None:
 def bind_request(args: tuple | None = None, **_: object) -> None:
     """Every line logged while a task runs carries its job's request id."""
     logs.clear()
-    job = args[0] if args else None
-    if isinstance(job, dict):
+    payload = args[0] if args else None
+    if isinstance(payload, dict):
+        # A Job carries the ids itself; an Answer carries the Job it answers.
+        job = payload.get("job") if isinstance(payload.get("job"), dict) else payload
         logs.bind(request_id=job.get("request_id"), job_id=job.get("job_id"))
 
 

@@ -157,7 +157,7 @@ def test_sigterm_lets_the_running_generation_finish(faults: FaultStack) -> None:
     assert worker.wait(20) == 0
     assert faults.redis.llen("gpu") + faults.taken() == 0
     deliveries = [job for task, job in faults.queued("io") if task == "mimochat.deliver"]
-    assert [job["user"] for job in deliveries] == [user]
+    assert [job["job"]["user"] for job in deliveries] == [user]
 
 
 def test_sigterm_past_the_grace_hands_the_jobs_back(faults: FaultStack) -> None:

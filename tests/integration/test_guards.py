@@ -43,6 +43,10 @@ def guarded(base_settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     settings = base_settings.replace(
         wechat_api_base=f"{url}/sandbox/wechat/",
         temperature=0.0,
+        # One sequence at a time through model.generate: the same prompt gives the same text.
+        # (The batch loop reuses cached prefixes, and a random-weight model's near-ties can
+        # then tip another way.)
+        continuous_batching=False,
         safety_lists=f"refuse:{folder / 'refuse.txt'},mask:{folder / 'mask.txt'}",
     )
     env = {

@@ -17,10 +17,11 @@ import requests
 from bot.channels.wechat.mailbox import Mailbox, Piece
 from bot.channels.wechat.protocol import message_xml, read_reply, sign_request
 from bot.core import jobs
+from bot.core.contracts import Answer
 from bot.pipeline import commands
 from tasks.celery_app import Producer
 from tests.conftest import Stack
-from tests.helpers import ACCOUNT, APP_ID, TOKEN, unique
+from tests.helpers import ACCOUNT, APP_ID, TOKEN, make_job, unique
 
 pytestmark = pytest.mark.integration
 
@@ -129,9 +130,8 @@ def test_six_part_answer_under_the_five_send_quota(stack: Stack) -> None:
         f"Section {i}. " + "这是一个用来测试分段的长句子。" * 40 for i in range(1, 7)
     )
     job_id = unique("job")
-    Producer(stack.settings).delivery(
-        {"job_id": job_id, "channel": "wechat", "user": user, "answer": answer, "question": "long"}
-    )
+    job = make_job(user, "long").model_copy(update={"job_id": job_id})
+    Producer(stack.settings).delivery(Answer(job=job, answer=answer))
     messages = stack.wait_outbox(user, 6)
     time.sleep(1.0)
     sent = [m for m in stack.outbox(user) if m["via"] == "customer_service"]

@@ -15,7 +15,7 @@ from bot.cli.main import _server_line
 from bot.cli.supervisor import usable_cores, web_argv, web_shape
 from bot.core.settings import Settings
 from tests.conftest import start_process, stop_process
-from tests.helpers import free_port
+from tests.helpers import free_port, with_db
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -52,7 +52,10 @@ def test_up_and_web_serve_with_gunicorn(command: str, settings: Settings, tmp_pa
     port = free_port()
     env = {
         **os.environ,
-        **settings.replace(web_processes=2, web_threads=4).to_env(),
+        # Its own database: `up` starts a worker whose heartbeat other tests must not see.
+        **settings.replace(
+            web_processes=2, web_threads=4, redis_url=with_db(settings.redis_url, 7)
+        ).to_env(),
         "PYTHONPATH": str(ROOT),
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus"),
     }
