@@ -129,7 +129,8 @@ def bind_request(args: tuple | None = None, **_: object) -> None:
     payload = args[0] if args else None
     if isinstance(payload, dict):
         # A Job carries the ids itself; an Answer carries the Job it answers.
-        job = payload.get("job") if isinstance(payload.get("job"), dict) else payload
+        inner = payload.get("job")
+        job: dict[str, Any] = inner if isinstance(inner, dict) else payload
         logs.bind(request_id=job.get("request_id"), job_id=job.get("job_id"))
 
 
