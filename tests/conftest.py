@@ -173,14 +173,20 @@ def worker_ready(log: Path) -> bool:
 @pytest.fixture(scope="session")
 def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A real web process and a real Celery worker process on Redis database 0."""
+    port = free_port()
+    settings = base_settings.replace(wechat_api_base=f"http://127.0.0.1:{port}/sandbox/wechat/")
+    yield from run_stack(settings, port, tmp_path_factory.mktemp("stack-logs"), "test")
+
+
+def run_stack(
+    settings: Settings, port: int, logs: Path, name: str, concurrency: int | None = None
+) -> Iterator[Stack]:
+    """Start a web process on `port` and a worker with `settings`; yield the Stack; stop both."""
     from bot.cli.supervisor import web_argv, worker_argv
     from bot.engine.transformers.tiny import ensure_tiny_model
 
-    ensure_tiny_model(base_settings.data_path)  # built once, before two processes race for it
-    logs = tmp_path_factory.mktemp("stack-logs")
-    port = free_port()
+    ensure_tiny_model(settings.data_path)  # built once, before two processes race for it
     url = f"http://127.0.0.1:{port}"
-    settings = base_settings.replace(wechat_api_base=f"{url}/sandbox/wechat/")
     # Children import this checkout, whatever is installed in the virtualenv.
     env = {
         **os.environ,
@@ -190,7 +196,9 @@ def stack(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     env.pop("MIMOCHAT_GENERATION_DELAY", None)
     web = start_process(web_argv("127.0.0.1", port), env, logs / "web.log")
     worker = start_process(
-        worker_argv("gpu,io", settings.gpu_concurrency, f"test-{uuid.uuid4().hex[:6]}"),
+        worker_argv(
+            "gpu,io", concurrency or settings.gpu_concurrency, f"{name}-{uuid.uuid4().hex[:6]}"
+        ),
         env,
         logs / "worker.log",
     )

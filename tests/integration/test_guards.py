@@ -6,10 +6,8 @@ term reaches the sandbox outbox masked — and the list is edited while the proc
 
 from __future__ import annotations
 
-import os
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +16,10 @@ import requests
 
 from bot.channels.wechat.protocol import message_xml, read_reply, sign_request
 from bot.core.contracts import Answer, message_key
-from bot.core.store import connect
 from bot.pipeline import guards, safety
 from bot.pipeline.ledger import Ledger
 from tasks.celery_app import Producer
-from tests.conftest import Stack, _wait_for, start_process, stop_process, worker_ready
+from tests.conftest import Stack, run_stack
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, free_port, make_job, unique
 
 pytestmark = pytest.mark.integration
@@ -31,18 +28,12 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def guarded(base_settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: ANN001
     """Web + worker with a refuse list and an (empty) mask list; greedy sampling (repeatable)."""
-    from bot.cli.supervisor import web_argv, worker_argv
-    from bot.engine.transformers.tiny import ensure_tiny_model
-
-    ensure_tiny_model(base_settings.data_path)
     folder = tmp_path_factory.mktemp("guard-lists")
     (folder / "refuse.txt").write_text("forbiddenword\n", encoding="utf-8")
     (folder / "mask.txt").write_text("", encoding="utf-8")
-    logs = tmp_path_factory.mktemp("guard-stack-logs")
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     settings = base_settings.replace(
-        wechat_api_base=f"{url}/sandbox/wechat/",
+        wechat_api_base=f"http://127.0.0.1:{port}/sandbox/wechat/",
         temperature=0.0,
         # One sequence at a time through model.generate: the same prompt gives the same text.
         # (The batch loop reuses cached prefixes, and a random-weight model's near-ties can
@@ -50,30 +41,8 @@ def guarded(base_settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         continuous_batching=False,
         safety_lists=f"refuse:{folder / 'refuse.txt'},mask:{folder / 'mask.txt'}",
     )
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
-    env.pop("MIMOCHAT_GENERATION_DELAY", None)
-    web = start_process(web_argv("127.0.0.1", port), env, logs / "web.log")
-    worker = start_process(
-        worker_argv("gpu,io", 1, f"guards-{uuid.uuid4().hex[:6]}"), env, logs / "worker.log"
-    )
-    try:
-
-        def web_up() -> bool:
-            try:
-                return requests.get(f"{url}/healthz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        _wait_for(web_up, 30, "web server", logs)
-        _wait_for(lambda: worker_ready(logs / "worker.log"), 90, "worker", logs)
-        yield Stack(url=url, settings=settings, redis=connect(settings.redis_url), logs=logs)
-    finally:
-        stop_process(worker)
-        stop_process(web)
+    logs = tmp_path_factory.mktemp("guard-stack-logs")
+    yield from run_stack(settings, port, logs, "guards", concurrency=1)
 
 
 def post(stack: Stack, user: str, text: str, msg_id: str) -> dict:
