@@ -9,8 +9,10 @@ import redis
 from celery import Celery
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
+from kombu.serialization import dumps
+from kombu.utils.uuid import uuid
 
-from bot.core.contracts import Answer, Job
+from bot.core.contracts import Answer, Envelope, Job
 from bot.core.settings import Settings
 from bot.core.store import Unavailable, celery_url, connect, resolve_url
 from bot.pipeline.ingest import QueueFull
@@ -18,6 +20,7 @@ from tasks import deliver, generate
 from tasks.names import DELIVER, GENERATE, GPU_QUEUE, IO_QUEUE, QUEUES, ROUTES, WECOM_GENERATE
 
 log = logging.getLogger(__name__)
+_PERSISTENT = 2  # AMQP's delivery mode for durable messages, what Celery's queues ask for
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -114,6 +117,9 @@ class Producer:
         self.max_queue = settings.max_queue
         self._url = resolve_url(settings)
         self._redis: redis.Redis | None = None
+        # WeChat's and WeCom's questions go the same way: the task name follows the reply mode.
+        self.generation = Generation(self)
+        self.wecom_generation = self.generation
 
     def _client(self) -> redis.Redis:
         if self._redis is None:
@@ -142,6 +148,77 @@ class Producer:
             if waiting >= self.max_queue:
                 raise QueueFull(f"{waiting} waiting, limit {self.max_queue}")
 
+    def _capture(self, name: str, payload: dict[str, Any], queue: str) -> _Capture | None:
+        """The Redis commands kombu would run to publish this task, captured unsent.
+
+        None where kombu's producer offers no publish batch to capture (another transport or
+        version): the caller then publishes the ordinary way.
+        """
+        capture = _Capture()
+        with self.app.producer_or_acquire() as producer:
+            batches = getattr(producer, "_batch_local", None)
+            if batches is None or getattr(batches, "current", None) is not None:
+                return None
+            batches.current = capture
+            try:
+                self.app.send_task(
+                    name,
+                    args=[payload],
+                    queue=queue,
+                    retry=False,
+                    producer=producer,
+                    **_repr(payload),
+                )
+            finally:
+                del batches.current
+        return capture
+
+    def envelope(self, job: Job) -> Envelope | None:
+        """The generation message for `job`, built by Celery and kombu but not pushed (the
+        ledger's enqueue script pushes it); None if kombu hands over anything but one LPUSH.
+
+        Celery builds the task message (`create_task_message`, protocol 2) and kombu's Redis
+        channel frames it (`prepare_message`, `basic_publish` into a capture batch), the very
+        calls `send_task` ends in. What is skipped is the routing and producer layers in
+        between (option merging, queue and exchange copies, signals): the queue is known, and
+        they cost ~150 us of the ~190 us a `send_task` takes here (bench/ingest.py).
+        """
+        payload = job.wire()
+        task_id = uuid()
+        amqp = self.app.amqp
+        message = amqp.create_task_message(
+            task_id,
+            _generate_name(job),
+            [payload],
+            {},
+            reply_to=self.app.thread_oid,
+            root_id=task_id,
+            **_repr(payload),
+        )
+        content_type, encoding, body = dumps(message.body, serializer="json")
+        properties = {**message.properties, "delivery_mode": _PERSISTENT}
+        capture = _Capture()
+        try:
+            with self.app.producer_or_acquire() as producer:
+                channel = producer.channel
+                framed = channel.prepare_message(
+                    body, None, content_type, encoding, message.headers, properties
+                )
+                # Celery's direct queues publish on the anonymous exchange, keyed by queue.
+                channel.basic_publish(framed, "", GPU_QUEUE, _publish_batch=capture)
+        except (OperationalError, redis.RedisError, OSError, TypeError) as exc:
+            # TypeError: a transport whose basic_publish takes no batch (not kombu's Redis).
+            log.debug("no envelope for %s: %s", GPU_QUEUE, type(exc).__name__)
+            if not isinstance(exc, TypeError):
+                raise Unavailable(f"cannot build the {GPU_QUEUE} message") from exc
+            return None
+        if len(capture.commands) != 1:
+            return None
+        command, args = capture.commands[0]
+        if command != "lpush" or len(args) != 2:
+            return None
+        return Envelope(queue=str(args[0]), body=args[1], limit=self.max_queue)
+
     def _send_if_room(self, name: str, payload: dict[str, Any], queue: str) -> None:
         """Check the room and publish in one round trip, atomically (no other publish between).
 
@@ -149,33 +226,12 @@ class Producer:
         inside a script that first counts what waits. Where kombu hands over no single LPUSH
         (a different transport or version), the check and the publish are two round trips.
         """
-        capture = _Capture()
         try:
-            with self.app.producer_or_acquire() as producer:
-                batches = getattr(producer, "_batch_local", None)
-                if batches is None or getattr(batches, "current", None) is not None:
-                    self._check_room()
-                    self.app.send_task(
-                        name,
-                        args=[payload],
-                        queue=queue,
-                        retry=False,
-                        producer=producer,
-                        **_repr(payload),
-                    )
-                    return
-                batches.current = capture
-                try:
-                    self.app.send_task(
-                        name,
-                        args=[payload],
-                        queue=queue,
-                        retry=False,
-                        producer=producer,
-                        **_repr(payload),
-                    )
-                finally:
-                    del batches.current
+            capture = self._capture(name, payload, queue)
+            if capture is None:
+                self._check_room()
+                self.app.send_task(name, args=[payload], queue=queue, retry=False, **_repr(payload))
+                return
             (command, args), *others = capture.commands or [("", ())]
             if command != "lpush" or others:
                 self._check_room()
@@ -195,15 +251,30 @@ class Producer:
                 getattr(pipe, command)(*args)
             pipe.execute()
 
-    def generation(self, job: Job) -> None:
+    def publish(self, job: Job) -> None:
         """Put one generation job on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
-        name = WECOM_GENERATE if job.reply_mode == "stream" else GENERATE
-        self._send_if_room(name, job.wire(), GPU_QUEUE)
+        self._send_if_room(_generate_name(job), job.wire(), GPU_QUEUE)
 
     def delivery(self, result: Answer) -> None:
         """Put one delivery job on the io queue (raises Unavailable if Redis is down)."""
         self._send(DELIVER, result.wire(), IO_QUEUE)
 
-    def wecom_generation(self, job: Job) -> None:
-        """Put one WeCom question on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
-        self.generation(job)
+
+def _generate_name(job: Job) -> str:
+    return WECOM_GENERATE if job.reply_mode == "stream" else GENERATE
+
+
+class Generation:
+    """What ingest enqueues with: call it to publish a job, or ask it for the job's envelope
+    (`bot.pipeline.ingest.Publisher`), which ingest pushes inside the ledger's script."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+
+    def __call__(self, job: Job) -> None:
+        """Publish now (room-checked); QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
+        self.producer.publish(job)
+
+    def envelope(self, job: Job) -> Envelope | None:
+        """The job's message, unsent (see `Producer.envelope`)."""
+        return self.producer.envelope(job)

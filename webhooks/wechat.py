@@ -29,14 +29,20 @@ def receive() -> Response:
     """A user's message: acknowledged only once its job is in Redis."""
     started = time.time()
     s = services()
-    # Verify: signature, freshness, safe mode, and one body per signature (the binding).
-    inbound = s.wechat.open(request.args.to_dict(), request.get_data(), client=s.redis)
+    # Verify: signature, freshness, safe mode; one body per signature is bound with the claim.
+    inbound = s.wechat.open(request.args.to_dict(), request.get_data())
     message = parse_message(inbound.xml)
     if s.settings.sandbox:
         # The fake WeChat plays WeChat's server: a message it saw opens the user's window, so
         # any WeChat-like client (not only `mimochat send`) gets its answer in the outbox.
         sandbox.user_wrote(s.settings, s.redis, message)
-    decision = ingest(message, settings=s.settings, client=s.redis, enqueue=s.producer.generation)
+    decision = ingest(
+        message,
+        settings=s.settings,
+        client=s.redis,
+        enqueue=s.producer.generation,
+        seals=inbound.seals,
+    )
     reply = respond(message, decision, settings=s.settings, client=s.redis, started=started)
     metrics.note(decision, held=reply.hold > 0)
     if reply.hold:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import redis
 
-from bot.core.store import key
+from bot.core.store import WriteOnce, key
 
 # Unix seconds in ASCII digits (WeChat's have 10). Anything else, `+1`, `1_0`, non-ASCII
 # digits or 5,000 nines, is refused before int(): a huge one used to overflow float() into a 503.
@@ -92,15 +92,22 @@ SEALED = "sealed"  # what an encrypted call leaves under its plaintext signature
 
 
 def bind_body(
-    client: redis.Redis, channel: str, signed: Signed, body: bytes, window: int = 300
+    client: redis.Redis,
+    channel: str,
+    signed: Signed,
+    body: bytes,
+    window: int = 300,
+    *,
+    spent: Signed | None = None,
 ) -> None:
     """Tie a verified call's signature triple (timestamp, nonce, signature) to its body: the
     same body again is the platform's retry and passes; another body is refused (403).
 
-    The record lives as long as the timestamp can stay acceptable: it may be up to `window`
-    ahead and `window` behind.
+    With `spent`, that (plaintext) signature is claimed in the same round trip, as
+    `claim_signature` would. The record lives as long as the timestamp can stay acceptable: it
+    may be up to `window` ahead and `window` behind.
     """
-    _bind(client, channel, signed, hashlib.sha256(body).hexdigest(), window)
+    bind(client, body_seals(channel, signed, body, window, spent=spent))
 
 
 def claim_signature(client: redis.Redis, channel: str, signed: Signed, window: int = 300) -> None:
@@ -110,24 +117,50 @@ def claim_signature(client: redis.Redis, channel: str, signed: Signed, window: i
     without the claim, the URL of a sealed message, once captured, could post a plaintext
     body of anyone's choosing. A sealed retry (even re-encrypted) claims the same and passes.
     """
-    _bind(client, channel, signed, SEALED, window)
+    bind(client, [_seal(channel, signed, SEALED, window)])
 
 
-def _bind(client: redis.Redis, channel: str, signed: Signed, digest: str, window: int) -> None:
+def body_seals(
+    channel: str, signed: Signed, body: bytes, window: int = 300, *, spent: Signed | None = None
+) -> list[WriteOnce]:
+    """The write-once records `bind_body` makes, unwritten: ingest writes them with the
+    message's claim (one round trip for both), or `bind` writes them alone."""
+    seals = [_seal(channel, signed, hashlib.sha256(body).hexdigest(), window)]
+    if spent is not None:
+        seals.append(_seal(channel, spent, SEALED, window))
+    return seals
+
+
+# KEYS: the write-once keys. ARGV: each key's value, then its ttl. Answers 0, or the 1-based
+# index of the first key already holding another value. One script, not SET NX then GET: no
+# round trip per key, and no record can expire between the two. (The comparison is not
+# constant-time: what it guards is a digest of a body the platform sent, no secret.)
+WRITE_ONCE = """
+for i, name in ipairs(KEYS) do
+  local value = ARGV[2 * i - 1]
+  if not redis.call('SET', name, value, 'NX', 'EX', ARGV[2 * i]) then
+    if redis.call('GET', name) ~= value then return i end
+  end
+end
+return 0
+"""
+
+
+def bind(client: redis.Redis, seals: list[WriteOnce]) -> None:
+    """Write the seals (a call's signature bound to its body); 403 if one is bound elsewhere."""
+    args = [part for seal in seals for part in (seal.value, seal.ttl)]
+    if client.eval(WRITE_ONCE, len(seals), *(seal.key for seal in seals), *args):
+        raise reused()
+
+
+def reused() -> ProtocolError:
+    """The refusal of a signature already bound to another body."""
+    return ProtocolError(403, "this signature was already used with another body")
+
+
+def _seal(channel: str, signed: Signed, digest: str, window: int) -> WriteOnce:
     triple = f"{signed.timestamp}\n{signed.nonce}\n{signed.signature}"
     name = key(
         "signed", channel, hashlib.sha256(triple.encode("utf-8", "surrogatepass")).hexdigest()
     )
-    ttl = 2 * window + 1 if window else UNBOUNDED_TTL
-    for _ in range(2):  # a record that expired between SET and GET is simply taken again
-        if client.set(name, digest, nx=True, ex=ttl):
-            return
-        first = client.get(name)
-        if first is None:
-            continue
-        if isinstance(first, bytes):
-            first = first.decode()
-        if hmac.compare_digest(str(first).encode(), digest.encode()):
-            return
-        break
-    raise ProtocolError(403, "this signature was already used with another body")
+    return WriteOnce(name, digest, 2 * window + 1 if window else UNBOUNDED_TTL)

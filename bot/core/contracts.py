@@ -59,6 +59,19 @@ SCHEMA_VERSION = 1
 ReplyMode = Literal["passive", "customer_service", "stream"]
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """A broker message built for a job but not sent: the ledger's enqueue script pushes it.
+
+    Built by the broker's own library (Celery and kombu in `tasks/`), so the message is exactly
+    what its publish would have pushed; only the push moves into the ledger's atomic step.
+    """
+
+    queue: str  # the Redis list the workers read
+    body: str | bytes  # the message as the broker's publish would push it
+    limit: int = 0  # the most jobs that may wait on `queue` (0: no limit)
+
+
 class ContractError(ValueError):
     """A payload that is not a readable job of this version (logged and refused, never a crash)."""
 

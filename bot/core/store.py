@@ -8,6 +8,7 @@ import logging
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,6 +20,24 @@ from bot.core.settings import Settings
 log = logging.getLogger(__name__)
 
 PREFIX = "mimochat"
+
+
+@dataclass(frozen=True)
+class WriteOnce:
+    """A key that must hold `value` or nothing: written if absent (for `ttl` seconds), and a
+    conflict if it already holds something else (a signature bound to another body)."""
+
+    key: str
+    value: str
+    ttl: int
+
+
+class WriteOnceConflict(Exception):
+    """A write-once key already held another value; `index` is which one (0-based)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"write-once key {index} already holds another value")
+        self.index = index
 
 
 def key(*parts: str) -> str:

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 
+from bot.channels.signing import reused
 from bot.channels.wechat import reply_mode
 from bot.channels.wechat.mailbox import Mailbox, is_continue
 from bot.core import jobs, logs
-from bot.core.contracts import IncomingMessage, Job, ReplyMode, message_key, new_id
+from bot.core.contracts import Envelope, IncomingMessage, Job, ReplyMode, message_key, new_id
 from bot.core.settings import Settings
+from bot.core.store import WriteOnce, WriteOnceConflict
 from bot.pipeline import commands, guards, moderation, thinking
 from bot.pipeline.conversations import conversations
 from bot.pipeline.ledger import Ledger, Stamp
@@ -26,6 +29,22 @@ from bot.pipeline.ledger import Ledger, Stamp
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[Job], None]
+
+
+class Publisher(Protocol):
+    """An enqueue function that can also build its broker message without sending it.
+
+    Ingest then pushes that message inside the ledger's enqueue script: one round trip, and
+    no moment where the job is in the queue but its record does not say so.
+    """
+
+    def __call__(self, job: Job) -> None:
+        """Publish the job now (room-checked); QueueFull when too many wait."""
+
+    def envelope(self, job: Job) -> Envelope | None:
+        """The broker's message for the job, unsent; None where the broker cannot hand one."""
+
+
 REDECIDE_AFTER = 2.0  # seconds: a first try still "received" with no decision this late died
 
 BUSY_TEXT = (
@@ -51,14 +70,22 @@ class Decision:
     busy: bool = False  # the queue was full: the reply says so and nothing was enqueued
     reply_mode: str = ""  # how the answer goes back (decided once, carried in the job)
     key: str = ""  # the message's ledger identity
+    waiting: int | None = None  # parts in the user's mailbox at the first look (None: unread)
 
 
 def ingest(
-    message: IncomingMessage, *, settings: Settings, client: redis.Redis, enqueue: Enqueue
+    message: IncomingMessage,
+    *,
+    settings: Settings,
+    client: redis.Redis,
+    enqueue: Enqueue,
+    seals: Sequence[WriteOnce] = (),
 ) -> Decision:
     """Record, deduplicate, answer what needs no model, and enqueue the rest (before acking).
 
     Retries of one message get the first try's decision back: the same job, the same reply.
+    `seals` (the call's signature bound to its body) are written with the claim, first: one
+    bound to another body refuses the call (ProtocolError 403) and claims nothing.
     """
     logs.bind(request_id=message.request_id)
     logs.stage(
@@ -72,12 +99,17 @@ def ingest(
     ledger = Ledger(client, settings)
     msg_key = message_key(message.channel, message.dedup_key)
     job_id = new_id()
-    look = _first_look(message, msg_key, job_id, settings, client, ledger)
+    try:
+        look = _first_look(message, msg_key, job_id, settings, client, ledger, seals)
+    except WriteOnceConflict:
+        raise reused() from None
     if not look.created:
         log.info("retry %d of %s message %s", look.tries, message.channel, message.dedup_key)
         return _earlier(message, msg_key, look.tries, settings, client, ledger, enqueue)
     decision = _decide_or_release(message, msg_key, job_id, look, settings, client, ledger, enqueue)
     decision.attempt = look.tries
+    if decision.waiting is None and message.channel == "wechat":
+        decision.waiting = look.waiting
     return decision
 
 
@@ -99,6 +131,7 @@ def _first_look(
     settings: Settings,
     client: redis.Redis,
     ledger: Ledger,
+    seals: Sequence[WriteOnce] = (),
 ) -> Look:
     """One round trip: the claim (the user's service window opened with it, first try only)
     and the reads the decision needs (block list, passive-only flag, mailbox size).
@@ -112,12 +145,16 @@ def _first_look(
         stamps.append(Stamp(window.key, window.seconds, window.fresh()))
     auto = settings.wechat_reply_mode == "auto"
     box = Mailbox(client, message.channel, message.user, settings.pending_ttl)
-    want_box = message.kind in ("text", "voice") and is_continue(message.content or "")
+    # WeChat's passive reply carries waiting parts: their count rides along for it too.
+    want_box = message.channel == "wechat" or (
+        message.kind in ("text", "voice") and is_continue(message.content or "")
+    )
     with client.pipeline(transaction=False) as pipe:
         ledger.claim_on(
             pipe,
             msg_key,
             stamps=stamps,
+            once=seals,
             channel=message.channel,
             user=message.user,
             kind=message.kind,
@@ -292,35 +329,57 @@ def _decide(
 def enqueue_job(
     job: Job, ledger: Ledger, client: redis.Redis, enqueue: Enqueue, kind: str = "text"
 ) -> Decision:
-    """Write the job into its record, enqueue it, mark it queued; a full queue says busy."""
+    """Write the job into its record, enqueue it, mark it queued; a full queue says busy.
+
+    With a publisher that builds its broker message (`Publisher`), all of it is one atomic
+    round trip; with a plain callable, three (the record, the publish, the mark).
+    """
+    timeline = _timeline(job, kind)
+    # getattr, not isinstance(enqueue, Publisher): a runtime Protocol check costs 5-10 us.
+    build: Callable[[Job], Envelope | None] | None = getattr(enqueue, "envelope", None)
+    envelope = build(job) if build is not None else None
+    if envelope is not None:
+        done = ledger.enqueue(job, envelope, jobs.stamp(job.job_id, "received", **timeline))
+        if done.full:
+            return _busy(job, f"{done.waiting} waiting, limit {envelope.limit}")
+        if not done.queued:
+            # Another try of this message moved the record on first: its job is the one.
+            log.info("message %s already %s; not enqueued again", job.key, done.was)
+            return Decision(job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
+        jobs.announce(job.job_id, "received", **timeline)
+        return Decision(job=job, job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
     ledger.move(job.key, "received", since=("received",), job=job, reply_mode=job.reply_mode)
     try:
         enqueue(job)
     except QueueFull as exc:
-        logs.stage("busy", channel=job.channel, user=job.user, reason=str(exc))
-        return Decision(reply=BUSY_TEXT, busy=True, key=job.key)
+        return _busy(job, str(exc))
     # The mark and the console's timeline share one round trip; the ack waits for both, so a
     # retry never finds a queued job still marked received (it would send it again).
     with client.pipeline(transaction=False) as pipe:
         ledger.move_on(pipe, job.key, "queued", since=("received",))
-        jobs.record_on(
-            pipe,
-            job.job_id,
-            "received",
-            channel=job.channel,
-            user=job.asker or job.user,
-            kind=kind,
-            msg_id=job.msg_id,
-            text=job.text[:500],
-            key=job.key,
-            **(
-                {"scope": job.user, "chat_id": job.chat_id, "stream_id": job.stream_id}
-                if job.stream_id
-                else {}
-            ),
-        )
+        jobs.record_on(pipe, job.job_id, "received", **timeline)
         pipe.execute()
     return Decision(job=job, job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
+
+
+def _timeline(job: Job, kind: str) -> dict[str, str]:
+    """What the console's timeline shows of a job from the start (the text cut to 500)."""
+    fields = {
+        "channel": job.channel,
+        "user": job.asker or job.user,
+        "kind": kind,
+        "msg_id": job.msg_id,
+        "text": job.text[:500],
+        "key": job.key,
+    }
+    if job.stream_id:
+        fields.update(scope=job.user, chat_id=job.chat_id, stream_id=job.stream_id)
+    return fields
+
+
+def _busy(job: Job, reason: str) -> Decision:
+    logs.stage("busy", channel=job.channel, user=job.user, reason=reason)
+    return Decision(reply=BUSY_TEXT, busy=True, key=job.key)
 
 
 def make_job(

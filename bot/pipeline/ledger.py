@@ -21,9 +21,10 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from bot.core.contracts import Job
+from bot.core import jobs
+from bot.core.contracts import Envelope, Job
 from bot.core.settings import Settings
-from bot.core.store import key
+from bot.core.store import WriteOnce, WriteOnceConflict, key
 
 STATES = (
     "received",
@@ -61,24 +62,36 @@ def _state_index(state: str) -> str:
     return key("ledger", "state", state)
 
 
-# KEYS: record, due, state-index prefix, then one hash per stamp.
-# ARGV: id, now, ttl, deadline, index max, n_stamps, per stamp (ttl, n_pairs, pairs...), then
-#       the record's pairs. Stamps are written on the first try only, in the same atomic step.
+# KEYS: record, due, state-index prefix, then one hash per stamp, then the write-once keys.
+# ARGV: id, now, ttl, deadline, index max, the stamps as JSON ([[ttl, {field: value}], ...]),
+#       the record's fields as JSON ({field: value}), the write-once values as JSON
+#       ([[value, ttl], ...]). Write-once keys are checked (and written) first, on every try:
+#       a conflict answers {-1, index} and claims nothing. Stamps are written on the first try
+#       only, in the same atomic step. JSON, not one argument per field: redis-py encodes every
+#       argument on its own, and a claim's dozen fields cost more to pack than to send.
 _CLAIM = """
+local stamps = cjson.decode(ARGV[6])
+for i, once in ipairs(cjson.decode(ARGV[8])) do
+  local name = KEYS[3 + #stamps + i]
+  if not redis.call('SET', name, once[1], 'NX', 'EX', once[2]) then
+    if redis.call('GET', name) ~= once[1] then return {-1, i} end
+  end
+end
 local tries = redis.call('HINCRBY', KEYS[1], 'tries', 1)
 if tries > 1 then
   return {0, tries}
 end
 local id, now, ttl, deadline, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-redis.call('HSET', KEYS[1], 'state', 'received', 'created_at', now, 'updated_at', now,
-  'deadline', deadline, 'attempts', 0)
-local i = 7
-for s = 1, tonumber(ARGV[6]) do
-  local stamp_ttl, n = tonumber(ARGV[i]), tonumber(ARGV[i + 1]); i = i + 2
-  for j = 1, n do redis.call('HSET', KEYS[3 + s], ARGV[i], ARGV[i + 1]); i = i + 2 end
-  redis.call('EXPIRE', KEYS[3 + s], stamp_ttl)
+local row = {'state', 'received', 'created_at', now, 'updated_at', now, 'deadline', deadline,
+  'attempts', 0}
+for name, value in pairs(cjson.decode(ARGV[7])) do
+  row[#row + 1] = name; row[#row + 1] = value
 end
-while i <= #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
+redis.call('HSET', KEYS[1], unpack(row))
+for s, stamp in ipairs(stamps) do
+  for name, value in pairs(stamp[2]) do redis.call('HSET', KEYS[3 + s], name, value) end
+  redis.call('EXPIRE', KEYS[3 + s], stamp[1])
+end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], deadline, id)
 redis.call('ZADD', KEYS[3] .. 'received', now, id)
@@ -123,6 +136,42 @@ if cur ~= to then redis.call('ZREM', KEYS[3] .. cur, id) end
 redis.call('ZADD', KEYS[3] .. to, now, id)
 redis.call('ZREMRANGEBYRANK', KEYS[3] .. to, 0, -tonumber(keep) - 1)
 return {1, cur}
+"""
+
+
+# KEYS: record, due, state-index prefix, the broker's queue, the job's timeline hash, the list of
+#       recent jobs.
+# ARGV: id, now, deadline, ttl, index max, the job as JSON, reply mode, the most that may wait on
+#       the queue (0: no limit), the broker's message, timeline ttl, recent max, job id, the
+#       timeline's fields as JSON.
+# Only from `received`: the job into the record, the room check, the push and the `queued` mark
+# happen together or not at all, so no retry or sweeper ever finds a half-done enqueue.
+# Answers {1, state before, waiting} when queued, {2, state, waiting} when the queue was full
+# (nothing written), {0, state, 0} when the record was not in `received` (nothing written).
+_ENQUEUE = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if cur ~= 'received' then return {0, cur or '', 0} end
+local waiting = redis.call('LLEN', KEYS[4])
+local limit = tonumber(ARGV[8])
+if limit > 0 and waiting >= limit then return {2, cur, waiting} end
+local id, now, deadline, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', now, 'deadline', deadline,
+  'job', ARGV[6], 'reply_mode', ARGV[7])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('ZADD', KEYS[2], deadline, id)
+redis.call('ZREM', KEYS[3] .. 'received', id)
+redis.call('ZADD', KEYS[3] .. 'queued', now, id)
+redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'queued', 0, -keep - 1)
+redis.call('LPUSH', KEYS[4], ARGV[9])
+local row = {}
+for name, value in pairs(cjson.decode(ARGV[13])) do
+  row[#row + 1] = name; row[#row + 1] = value
+end
+if #row > 0 then redis.call('HSET', KEYS[5], unpack(row)) end
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[10]))
+redis.call('LPUSH', KEYS[6], ARGV[12])
+redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[11]) - 1)
+return {1, cur, waiting}
 """
 
 
@@ -183,6 +232,16 @@ class Moved:
     was: str
 
 
+@dataclass(frozen=True)
+class Enqueued:
+    """The outcome of `Ledger.enqueue`: queued, refused for room, or the record had moved on."""
+
+    queued: bool
+    full: bool
+    was: str
+    waiting: int
+
+
 class Ledger:
     """The records of every accepted message, on one Redis."""
 
@@ -202,56 +261,72 @@ class Ledger:
         return (now or time.time()) + self.deadlines[state]
 
     def claim(
-        self, msg_key: str, *, stamps: Sequence[Stamp] = (), **fields: Any
+        self,
+        msg_key: str,
+        *,
+        stamps: Sequence[Stamp] = (),
+        once: Sequence[WriteOnce] = (),
+        **fields: Any,
     ) -> tuple[bool, int]:
-        """Create the record in `received` unless it exists; (created, how many tries so far)."""
+        """Create the record in `received` unless it exists; (created, how many tries so far).
+
+        `once` keys are written first; one holding another value raises WriteOnceConflict.
+        """
         return self.claimed(
             self._claim(
-                keys=self._claim_keys(msg_key, stamps),
-                args=self._claim_args(msg_key, stamps, fields),
+                keys=self._claim_keys(msg_key, stamps, once),
+                args=self._claim_args(msg_key, stamps, once, fields),
             )
         )
 
     def claim_on(
-        self, pipe: Pipeline, msg_key: str, *, stamps: Sequence[Stamp] = (), **fields: Any
+        self,
+        pipe: Pipeline,
+        msg_key: str,
+        *,
+        stamps: Sequence[Stamp] = (),
+        once: Sequence[WriteOnce] = (),
+        **fields: Any,
     ) -> None:
         """`claim`, queued on a pipeline (read its result with `claimed`).
 
         EVAL, not EVALSHA: a pipeline holding a registered script first asks SCRIPT EXISTS, a
         round trip of its own; the script's text costs less than that.
         """
-        keys = self._claim_keys(msg_key, stamps)
-        pipe.eval(_CLAIM, len(keys), *keys, *self._claim_args(msg_key, stamps, fields))
+        keys = self._claim_keys(msg_key, stamps, once)
+        pipe.eval(_CLAIM, len(keys), *keys, *self._claim_args(msg_key, stamps, once, fields))
 
     @staticmethod
     def claimed(raw: Any) -> tuple[bool, int]:
-        """(created, tries) from the claim script's answer."""
+        """(created, tries) from the claim script's answer; WriteOnceConflict on a conflict."""
         created, tries = raw
+        if int(created) < 0:
+            raise WriteOnceConflict(int(tries) - 1)
         return bool(created), int(tries)
 
-    def _claim_keys(self, msg_key: str, stamps: Sequence[Stamp]) -> list[str]:
-        return [*self._keys(msg_key), *(stamp.key for stamp in stamps)]
+    def _claim_keys(
+        self, msg_key: str, stamps: Sequence[Stamp], once: Sequence[WriteOnce]
+    ) -> list[str]:
+        return [*self._keys(msg_key), *(stamp.key for stamp in stamps), *(o.key for o in once)]
 
     def _claim_args(
-        self, msg_key: str, stamps: Sequence[Stamp], fields: dict[str, Any]
+        self,
+        msg_key: str,
+        stamps: Sequence[Stamp],
+        once: Sequence[WriteOnce],
+        fields: dict[str, Any],
     ) -> list[Any]:
         now = time.time()
-        args: list[Any] = [
+        return [
             msg_key,
             f"{now:.3f}",
             self.ttl,
             f"{self.deadline('received', now):.3f}",
             STATE_INDEX_MAX,
-            len(stamps),
+            json.dumps([[stamp.ttl, stamp.fields] for stamp in stamps]),
+            json.dumps({name: _text(value) for name, value in fields.items() if value is not None}),
+            json.dumps([[o.value, o.ttl] for o in once]),
         ]
-        for stamp in stamps:
-            args += [stamp.ttl, len(stamp.fields)]
-            for name, value in stamp.fields.items():
-                args += [name, value]
-        for name, value in fields.items():
-            if value is not None:
-                args += [name, _text(value)]
-        return args
 
     def move(
         self,
@@ -315,6 +390,32 @@ class Ledger:
             if value is not None:
                 args += [name, _text(value)]
         return args
+
+    def enqueue(self, job: Job, envelope: Envelope, timeline: jobs.Stamp) -> Enqueued:
+        """One round trip from `received`: the job into its record, the room check, the push
+        of the broker's message and the `queued` mark, atomically (see `_ENQUEUE`)."""
+        now = time.time()
+        keys = [*self._keys(job.key), envelope.queue, timeline.key, jobs.RECENT]
+        args = [
+            job.key,
+            f"{now:.3f}",
+            f"{self.deadline('queued', now):.3f}",
+            self.ttl,
+            STATE_INDEX_MAX,
+            job.model_dump_json(),
+            job.reply_mode,
+            envelope.limit,
+            envelope.body,
+            jobs.JOB_TTL,
+            jobs.RECENT_MAX,
+            job.job_id,
+            json.dumps(timeline.fields),
+        ]
+        # EVAL, not EVALSHA: redis-py's Script would first ask SCRIPT EXISTS on a cold
+        # connection; sending the text costs less than a round trip.
+        done, was, waiting = self.redis.eval(_ENQUEUE, len(keys), *keys, *args)
+        was = was.decode() if isinstance(was, bytes) else str(was)
+        return Enqueued(done == 1, done == 2, was, int(waiting))
 
     def get(self, msg_key: str) -> Record | None:
         """The record, or None if there is none (never accepted, forgotten or expired)."""

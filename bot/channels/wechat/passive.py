@@ -47,7 +47,8 @@ def respond(
         return PassiveReply(text or commands.NOTHING_PENDING_TEXT)
     job_id = decision.job_id
     if job_id is None or decision.reply_mode != PASSIVE:
-        waiting = box.take(PART_LIMIT)[0] if box.size() else ""
+        size = box.size() if decision.waiting is None else decision.waiting
+        waiting = box.take(PART_LIMIT)[0] if size else ""
         return PassiveReply(waiting or None)
     deadline = started + settings.wechat_passive_wait
     while not box.has_job(job_id) and time.time() < deadline:

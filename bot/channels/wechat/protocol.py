@@ -21,8 +21,9 @@ from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from bot.channels.signing import (
     ProtocolError,
     Signed,
+    bind,
     bind_body,
-    claim_signature,
+    body_seals,
     new_nonce,
     parse_timestamp,
     sign,
@@ -30,6 +31,7 @@ from bot.channels.signing import (
 )
 from bot.channels.untrusted import check_xml
 from bot.core.contracts import IncomingMessage
+from bot.core.store import WriteOnce
 from bot.text.xmlsafe import clean_xml_text
 
 EncryptMode = Literal["safe", "compatible", "plain"]
@@ -45,6 +47,9 @@ class Inbound:
     encrypted: bool
     timestamp: str
     nonce: str
+    # The call's signature bound to this body, still to be written (ingest writes them with the
+    # message's claim): the same call again is WeChat's retry, another body under it a 403.
+    seals: tuple[WriteOnce, ...] = ()
 
 
 @dataclass
@@ -96,8 +101,9 @@ class WeChatCodec:
     def open(self, args: dict[str, str], body: bytes, client: redis.Redis | None = None) -> Inbound:
         """Verify a POSTed message and decrypt it in safe/compatible mode.
 
-        With `client`, the call's signature triple is bound to this body (see `bind_body`):
-        the same call again is WeChat's retry, the same signature with another body is a 403.
+        The call's signature triple is bound to this body (see `bind_body`): with `client`
+        at once, otherwise by whoever writes `Inbound.seals` (ingest, with the message's claim).
+        The same call again is WeChat's retry; the same signature with another body is a 403.
         """
         try:
             text = body.decode("utf-8")
@@ -109,8 +115,8 @@ class WeChatCodec:
                 # WeChat sends nothing unencrypted in safe mode: this is somebody else.
                 raise ProtocolError(403, "safe mode takes only encrypted messages")
             signed = self._check(args)
-            self._bind(client, signed, body)
-            return Inbound(text, False, signed.timestamp, signed.nonce)
+            seals = self._seals(client, signed, body)
+            return Inbound(text, False, signed.timestamp, signed.nonce, seals)
         if not self.aes_key:
             raise ProtocolError(400, "message is encrypted but WECHAT_AES_KEY is not set")
         if mode == "plain":
@@ -132,16 +138,19 @@ class WeChatCodec:
             raise
         except Exception as exc:  # bad base64 / padding: the body is not what WeChat sends
             raise ProtocolError(400, "cannot decrypt <Encrypt>") from exc
-        self._bind(client, signed, body)
-        if client is not None and args.get("signature"):
-            # The plaintext signature this call carries is spent: no plaintext body after it.
-            spent = Signed(signed.timestamp, signed.nonce, args["signature"])
-            claim_signature(client, "wechat", spent, self.timestamp_window)
-        return Inbound(plain, True, signed.timestamp, signed.nonce)
+        # The plaintext signature this call carries is spent: no plaintext body after it.
+        plain_signature = args.get("signature")
+        spent = Signed(signed.timestamp, signed.nonce, plain_signature) if plain_signature else None
+        seals = self._seals(client, signed, body, spent)
+        return Inbound(plain, True, signed.timestamp, signed.nonce, seals)
 
-    def _bind(self, client: redis.Redis | None, signed: Signed, body: bytes) -> None:
+    def _seals(
+        self, client: redis.Redis | None, signed: Signed, body: bytes, spent: Signed | None = None
+    ) -> tuple[WriteOnce, ...]:
+        seals = body_seals("wechat", signed, body, self.timestamp_window, spent=spent)
         if client is not None:
-            bind_body(client, "wechat", signed, body, self.timestamp_window)
+            bind(client, seals)
+        return tuple(seals)
 
     def seal(self, reply_xml: str, inbound: Inbound) -> str:
         """Encrypt a passive reply when the request came encrypted."""

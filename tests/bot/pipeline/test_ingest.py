@@ -114,11 +114,11 @@ def close_producer(producer: Producer) -> None:
 @pytest.mark.parametrize(
     ("text", "mode", "retry", "round_trips"),
     [
-        # claim + reads | job into the record | room check + publish | queued + timeline
-        ("hello", "customer_service", False, 4),
-        ("hello", "auto", False, 4),  # the passive-only flag rides in the first trip
-        ("hello", "passive", False, 4),
-        ("continue", "auto", False, 4),  # nothing waits: a question like any other
+        # claim + reads | job into the record + room check + publish + queued + timeline
+        ("hello", "customer_service", False, 2),
+        ("hello", "auto", False, 2),  # the passive-only flag rides in the first trip
+        ("hello", "passive", False, 2),
+        ("continue", "auto", False, 2),  # nothing waits: a question like any other
         ("/help", "auto", False, 2),  # claim + reads | the reply into the record
         ("hello", "auto", True, 2),  # a retry: claim (a duplicate) | the first try's record
     ],
@@ -134,7 +134,8 @@ def test_ingest_round_trips(
     """Counted by a proxy in front of the real Redis, the real Producer publishing through it.
 
     Before issue 14 a question cost 9 round trips here, 10 in auto mode (claim, block list,
-    window, mode, record read, job, queue length, publish, queued, timeline).
+    window, mode, record read, job, queue length, publish, queued, timeline); then 4 (claim and
+    reads | job | room check and publish | queued and timeline); now 2.
     """
     proxy, through, client = proxied
     through = through.replace(wechat_reply_mode=mode)
