@@ -91,9 +91,12 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+_NEEDS_QUOTES = re.compile(r'[ ="\\\n\r\t]')
+
+
 def _logfmt_value(value: Any) -> str:
     text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\r\t'):
+    if text and not _NEEDS_QUOTES.search(text):
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"')
     return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") + '"'
@@ -107,11 +110,15 @@ class StructuredFormatter(logging.Formatter):
         if fmt not in FORMATS:
             raise ValueError(f"MIMOCHAT_LOG_FORMAT must be one of {FORMATS}, got {fmt!r}")
         self.fmt = fmt
+        self._second, self._stamp = -1, ""
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(second))
         row: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-            + f".{int(record.msecs):03d}",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}",
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
@@ -139,8 +146,8 @@ def setup_logging(settings: Settings) -> None:
     if any(isinstance(h.formatter, StructuredFormatter) for h in root.handlers):
         return
     handler = logging.StreamHandler()
+    # No RedactSecrets filter here: the formatter redacts the whole line, message included.
     handler.setFormatter(StructuredFormatter(settings.log_format))
-    handler.addFilter(RedactSecrets())
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     for noisy in ("urllib3", "werkzeug"):

@@ -16,10 +16,12 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 
 from bot.core import jobs
 from bot.core.contracts import Envelope, Job
@@ -141,8 +143,8 @@ return {1, cur}
 
 # KEYS: record, due, state-index prefix, the broker's queue, the job's timeline hash, the list of
 #       recent jobs.
-# ARGV: id, now, deadline, ttl, index max, the job as JSON, reply mode, the most that may wait on
-#       the queue (0: no limit), the broker's message, timeline ttl, recent max, job id, the
+# ARGV: id, now, deadline, index max, the job as JSON, reply mode, the most that may wait on the
+#       queue (0: no limit), the broker's message, timeline ttl, recent max, job id, the
 #       timeline's fields as JSON.
 # Only from `received`: the job into the record, the room check, the push and the `queued` mark
 # happen together or not at all, so no retry or sweeper ever finds a half-done enqueue.
@@ -151,26 +153,28 @@ return {1, cur}
 _ENQUEUE = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if cur ~= 'received' then return {0, cur or '', 0} end
-local waiting = redis.call('LLEN', KEYS[4])
-local limit = tonumber(ARGV[8])
-if limit > 0 and waiting >= limit then return {2, cur, waiting} end
-local id, now, deadline, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+local limit, waiting = tonumber(ARGV[7]), 0
+if limit > 0 then
+  waiting = redis.call('LLEN', KEYS[4])
+  if waiting >= limit then return {2, cur, waiting} end
+end
+local id, now, deadline, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+-- No EXPIRE: the claim gave the record its lifetime a moment ago.
 redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', now, 'deadline', deadline,
-  'job', ARGV[6], 'reply_mode', ARGV[7])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  'job', ARGV[5], 'reply_mode', ARGV[6])
 redis.call('ZADD', KEYS[2], deadline, id)
 redis.call('ZREM', KEYS[3] .. 'received', id)
 redis.call('ZADD', KEYS[3] .. 'queued', now, id)
 redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'queued', 0, -keep - 1)
-redis.call('LPUSH', KEYS[4], ARGV[9])
+redis.call('LPUSH', KEYS[4], ARGV[8])
 local row = {}
-for name, value in pairs(cjson.decode(ARGV[13])) do
+for name, value in pairs(cjson.decode(ARGV[12])) do
   row[#row + 1] = name; row[#row + 1] = value
 end
 if #row > 0 then redis.call('HSET', KEYS[5], unpack(row)) end
-redis.call('EXPIRE', KEYS[5], tonumber(ARGV[10]))
-redis.call('LPUSH', KEYS[6], ARGV[12])
-redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[11]) - 1)
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]))
+redis.call('LPUSH', KEYS[6], ARGV[11])
+redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[10]) - 1)
 return {1, cur, waiting}
 """
 
@@ -253,8 +257,15 @@ class Ledger:
         if settings is not None:
             stuck = settings.stuck_after
             self.deadlines.update(queued=stuck, generating=stuck, delivering=stuck)
-        self._claim = client.register_script(_CLAIM)
-        self._move = client.register_script(_MOVE)
+
+    @cached_property
+    def _claim(self) -> Script:
+        # Registered when first used: webhook calls build a Ledger each and use neither.
+        return self.redis.register_script(_CLAIM)
+
+    @cached_property
+    def _move(self) -> Script:
+        return self.redis.register_script(_MOVE)
 
     def deadline(self, state: str, now: float | None = None) -> float:
         """When a record entering `state` now is due for the sweeper."""
@@ -400,7 +411,6 @@ class Ledger:
             job.key,
             f"{now:.3f}",
             f"{self.deadline('queued', now):.3f}",
-            self.ttl,
             STATE_INDEX_MAX,
             job.model_dump_json(),
             job.reply_mode,

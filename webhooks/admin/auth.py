@@ -94,7 +94,13 @@ class ServerSessionInterface(SessionInterface):
         )
 
     def open_session(self, app: Flask, request: Any) -> ServerSession:
-        """The session the cookie names, or a fresh empty one (unknown, revoked, expired)."""
+        """The session the cookie names, or a fresh empty one (unknown, revoked, expired).
+
+        Only the console has sessions: a webhook call (or anything outside /admin) gets an
+        empty one without a look at its cookies, so a cookie posted to /wechat costs no read.
+        """
+        if not request.path.startswith("/admin"):
+            return ServerSession()
         value = request.cookies.get(self.get_cookie_name(app), "")
         if not app.secret_key or not value:
             return ServerSession()

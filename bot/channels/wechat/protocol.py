@@ -9,12 +9,11 @@ from __future__ import annotations
 import secrets
 import string
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from xml.parsers.expat import ExpatError
 
 import redis
-import xmltodict
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 
@@ -29,14 +28,14 @@ from bot.channels.signing import (
     sign,
     verify,
 )
-from bot.channels.untrusted import check_xml
+from bot.channels.wechat import flatxml
 from bot.core.contracts import IncomingMessage
 from bot.core.store import WriteOnce
 from bot.text.xmlsafe import clean_xml_text
 
 EncryptMode = Literal["safe", "compatible", "plain"]
 ENCRYPT_MODES: tuple[EncryptMode, ...] = ("safe", "compatible", "plain")
-XML_MAX_DEPTH = 8  # WeChat's messages nest 2 deep (<xml><Content>)
+XML_MAX_DEPTH = flatxml.MAX_DEPTH
 
 
 @dataclass
@@ -66,6 +65,7 @@ class WeChatCodec:
     app_id: str = ""
     timestamp_window: int = 300
     encrypt_mode: str = ""
+    _cipher: WeChatCrypto | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def mode(self) -> EncryptMode:
@@ -78,10 +78,15 @@ class WeChatCodec:
         return "safe" if self.aes_key else "plain"
 
     def _crypto(self) -> WeChatCrypto:
-        try:
-            return WeChatCrypto(self.token, self.aes_key, self.app_id)
-        except (AssertionError, ValueError) as exc:
-            raise ProtocolError(500, "WECHAT_AES_KEY is malformed (43 chars of base64)") from exc
+        # Built once per codec (it decodes the key); a malformed key is refused every time.
+        if self._cipher is None:
+            try:
+                self._cipher = WeChatCrypto(self.token, self.aes_key, self.app_id)
+            except (AssertionError, ValueError) as exc:
+                raise ProtocolError(
+                    500, "WECHAT_AES_KEY is malformed (43 chars of base64)"
+                ) from exc
+        return self._cipher
 
     def _check(self, args: dict[str, str], *extra: str, field: str = "signature") -> Signed:
         return verify(self.token, args, *extra, field=field, window=self.timestamp_window)
@@ -159,19 +164,16 @@ class WeChatCodec:
         return self._crypto().encrypt_message(reply_xml, new_nonce(), str(int(time.time())))
 
 
-def _parse_xml(text: str) -> dict:
+def _parse_xml(text: str) -> flatxml.Fields:
     try:
-        check_xml(text, max_depth=XML_MAX_DEPTH)
-        doc = xmltodict.parse(text, disable_entities=True)
+        return flatxml.read(text, max_depth=XML_MAX_DEPTH)
     except (ExpatError, ValueError) as exc:  # UnicodeError and the depth check included
         raise ProtocolError(400, "malformed XML") from exc
-    root = doc.get("xml") if isinstance(doc, dict) else None
-    if not isinstance(root, dict):
-        raise ProtocolError(400, "XML root must be <xml>")
-    return root
+    except LookupError as exc:
+        raise ProtocolError(400, "XML root must be <xml>") from exc
 
 
-def _field(root: dict, name: str) -> str:
+def _field(root: flatxml.Fields, name: str) -> str:
     value = root.get(name)
     if value is None:
         return ""
@@ -288,7 +290,7 @@ def sign_request(
     if not aes_key:
         return SignedRequest(params, xml)
     sealed = _parse_xml(WeChatCrypto(token, aes_key, app_id).encrypt_message(xml, nonce, timestamp))
-    encrypt = sealed["Encrypt"]
+    encrypt = _field(sealed, "Encrypt")
     params.update(encrypt_type="aes", msg_signature=sign(token, timestamp, nonce, encrypt))
     return SignedRequest(
         params,
