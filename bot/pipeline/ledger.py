@@ -13,6 +13,7 @@ Indexes: `ledger:due` (sorted by deadline: records in a non-final state) and
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ STATES = (
 FINAL = frozenset({"delivered", "parked", "apologized"})
 RECORD_TTL = 2 * 86400  # longer than any platform retries a message; the console's recent past
 STATE_INDEX_MAX = 1000  # records listed per state in the console
+# The webhook's two scripts trim the lists they grow one call in TRIM_ONE_IN (a list may hold a
+# few dozen over its size between trims): trimming is a Redis call of its own, ~3 us each.
+TRIM_ONE_IN = 16
 
 # Seconds a record may stay in a state before the sweeper moves it on (shipped defaults).
 DEADLINES = {
@@ -65,9 +69,9 @@ def _state_index(state: str) -> str:
 
 
 # KEYS: record, due, state-index prefix, then one hash per stamp, then the write-once keys.
-# ARGV: id, now, ttl, deadline, index max, the stamps as JSON ([[ttl, {field: value}], ...]),
-#       the record's fields as JSON ({field: value}), the write-once values as JSON
-#       ([[value, ttl], ...]). Write-once keys are checked (and written) first, on every try:
+# ARGV: id, now, ttl, deadline, index max (0: no trim), the stamps as JSON
+#       ([[ttl, {field: value}], ...]), the record's fields as JSON ({field: value}), the
+#       write-once values as JSON ([[value, ttl], ...]). Write-once keys are checked (and written) first, on every try:
 #       a conflict answers {-1, index} and claims nothing. Stamps are written on the first try
 #       only, in the same atomic step. JSON, not one argument per field: redis-py encodes every
 #       argument on its own, and a claim's dozen fields cost more to pack than to send.
@@ -97,7 +101,9 @@ end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], deadline, id)
 redis.call('ZADD', KEYS[3] .. 'received', now, id)
-redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'received', 0, -tonumber(keep) - 1)
+if tonumber(keep) > 0 then
+  redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'received', 0, -tonumber(keep) - 1)
+end
 return {1, tries}
 """
 
@@ -143,9 +149,9 @@ return {1, cur}
 
 # KEYS: record, due, state-index prefix, the broker's queue, the job's timeline hash, the list of
 #       recent jobs.
-# ARGV: id, now, deadline, index max, the job as JSON, reply mode, the most that may wait on the
-#       queue (0: no limit), the broker's message, timeline ttl, recent max, job id, the
-#       timeline's fields as JSON.
+# ARGV: id, now, deadline, index max (0: no trim), the job as JSON, reply mode, the most that
+#       may wait on the queue (0: no limit), the broker's message, timeline ttl, recent max
+#       (0: no trim), job id, the timeline's fields as JSON.
 # Only from `received`: the job into the record, the room check, the push and the `queued` mark
 # happen together or not at all, so no retry or sweeper ever finds a half-done enqueue.
 # Answers {1, state before, waiting} when queued, {2, state, waiting} when the queue was full
@@ -165,7 +171,7 @@ redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', now, 'deadline', de
 redis.call('ZADD', KEYS[2], deadline, id)
 redis.call('ZREM', KEYS[3] .. 'received', id)
 redis.call('ZADD', KEYS[3] .. 'queued', now, id)
-redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'queued', 0, -keep - 1)
+if keep > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'queued', 0, -keep - 1) end
 redis.call('LPUSH', KEYS[4], ARGV[8])
 local row = {}
 for name, value in pairs(cjson.decode(ARGV[12])) do
@@ -174,7 +180,7 @@ end
 if #row > 0 then redis.call('HSET', KEYS[5], unpack(row)) end
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]))
 redis.call('LPUSH', KEYS[6], ARGV[11])
-redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[10]) - 1)
+if tonumber(ARGV[10]) > 0 then redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[10]) - 1) end
 return {1, cur, waiting}
 """
 
@@ -333,7 +339,7 @@ class Ledger:
             f"{now:.3f}",
             self.ttl,
             f"{self.deadline('received', now):.3f}",
-            STATE_INDEX_MAX,
+            _keep(STATE_INDEX_MAX),
             json.dumps([[stamp.ttl, stamp.fields] for stamp in stamps]),
             json.dumps({name: _text(value) for name, value in fields.items() if value is not None}),
             json.dumps([[o.value, o.ttl] for o in once]),
@@ -411,13 +417,13 @@ class Ledger:
             job.key,
             f"{now:.3f}",
             f"{self.deadline('queued', now):.3f}",
-            STATE_INDEX_MAX,
+            keep := _keep(STATE_INDEX_MAX),
             job.model_dump_json(),
             job.reply_mode,
             envelope.limit,
             envelope.body,
             jobs.JOB_TTL,
-            jobs.RECENT_MAX,
+            jobs.RECENT_MAX if keep else 0,
             job.job_id,
             json.dumps(timeline.fields),
         ]
@@ -474,3 +480,8 @@ def _text(value: Any) -> str:
     if hasattr(value, "model_dump_json"):
         return str(value.model_dump_json())
     return str(value)
+
+
+def _keep(size: int) -> int:
+    """`size` one call in TRIM_ONE_IN (trim now to that size), else 0 (do not trim)."""
+    return size if random.random() < 1 / TRIM_ONE_IN else 0
