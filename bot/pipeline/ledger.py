@@ -71,10 +71,11 @@ def _state_index(state: str) -> str:
 # KEYS: record, due, state-index prefix, then one hash per stamp, then the write-once keys.
 # ARGV: id, now, ttl, deadline, index max (0: no trim), the stamps as JSON
 #       ([[ttl, {field: value}], ...]), the record's fields as JSON ({field: value}), the
-#       write-once values as JSON ([[value, ttl], ...]). Write-once keys are checked (and
-#       written) first, on every try: a conflict answers {-1, index} and claims nothing. Stamps are written on the first try
-#       only, in the same atomic step. JSON, not one argument per field: redis-py encodes every
-#       argument on its own, and a claim's dozen fields cost more to pack than to send.
+#       write-once values as JSON ([[value, ttl], ...]).
+# Write-once keys are checked (and written) first, on every try: a conflict answers
+# {-1, index} and claims nothing. Stamps are written on the first try only, in the same atomic
+# step. JSON, not one argument per field: redis-py encodes every argument on its own, and a
+# claim's dozen fields cost more to pack than to send.
 _CLAIM = """
 local stamps = cjson.decode(ARGV[6])
 for i, once in ipairs(cjson.decode(ARGV[8])) do
