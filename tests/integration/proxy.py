@@ -23,6 +23,8 @@ class CuttableProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._marker: bytes | None = None  # see lose_reply_to
+        self._reply_lost = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -38,6 +40,11 @@ class CuttableProxy:
                     conn.shutdown(socket.SHUT_RDWR)
                     conn.close()
             self._conns.clear()
+
+    def lose_reply_to(self, marker: bytes) -> None:
+        """Arm a fault: once a command holding `marker` has reached Redis, its reply is dropped
+        and every connection cut. Redis ran the command; the client only sees the cut."""
+        self._marker = marker
 
     def restore(self) -> None:
         """Let connections through again."""
@@ -65,14 +72,20 @@ class CuttableProxy:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            for a, b, from_redis in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(a, b, from_redis), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while data := src.recv(65536):
+                if upstream and self._reply_lost.is_set():
+                    self._reply_lost.clear()
+                    self.cut()  # the reply to the marked command goes nowhere
+                    return
                 dst.sendall(data)
+                if not upstream and self._marker is not None and self._marker in data:
+                    self._marker = None
+                    self._reply_lost.set()
         except OSError:
             pass
         finally:

@@ -32,6 +32,7 @@ from bot.channels.wechat.reply_mode import ServiceWindow
 from bot.core.contracts import Answer, message_key
 from bot.core.settings import Settings
 from bot.core.store import connect
+from bot.pipeline import ledger as ledger_scripts
 from bot.pipeline.ingest import ingest
 from bot.pipeline.ledger import Ledger
 from tasks.celery_app import Producer
@@ -39,6 +40,13 @@ from tests.conftest import start_process, stop_process
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, make_job, unique
 from tests.integration.conftest import FaultStack, PrivateRedis, fresh, web_stack
 from tests.integration.proxy import CuttableProxy
+
+# A line only the ledger's enqueue script holds: the fault below strikes its reply.
+ENQUEUE_MARK = next(
+    line.strip().encode()
+    for line in ledger_scripts._ENQUEUE.splitlines()
+    if "KEYS[4], ARGV[8]" in line
+)
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +289,37 @@ def test_a_worker_without_the_model_libraries_takes_nothing(
     stack.start_worker()
     assert count(stack, users) == all_once(2)
     assert requests.get(f"{stack.url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_reply_lost_after_the_enqueue_script_doubles_nothing(
+    stack: FaultStack, fault_redis: PrivateRedis
+) -> None:
+    """Injected: the enqueue script (job, push and queued mark in one step) runs in Redis, and
+    its reply is lost on the way back (3 messages; the webhook would answer 503); then WeChat's
+    2 retries of each, through the production publisher (`Producer.generation`, envelope path).
+    Counted: answered once 3, lost 0, doubled 0."""
+    proxy = CuttableProxy(fault_redis.port)
+    settings = stack.settings.replace(redis_url=proxy.url)
+    client = connect(proxy.url)
+    producer = Producer(stack.settings)
+    users = [unique() for _ in range(3)]
+    try:
+        for u in users:
+            stack.open_window(u)
+            message = parse_message(message_xml(u, ACCOUNT, content="once please"))
+            proxy.lose_reply_to(ENQUEUE_MARK)
+            with pytest.raises(redis.ConnectionError):
+                ingest(message, settings=settings, client=client, enqueue=producer.generation)
+            proxy.restore()
+            record = Ledger(stack.redis).get(message_key("wechat", message.dedup_key))
+            assert record is not None and record.state == "queued"  # the script did run
+            for _ in range(2):  # WeChat's retries
+                retry = ingest(
+                    message, settings=settings, client=client, enqueue=producer.generation
+                )
+                assert retry.duplicate
+        stack.start_worker()
+        assert count(stack, users) == all_once(3)
+    finally:
+        proxy.close()
+        producer.app.close()

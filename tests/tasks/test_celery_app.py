@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 
 import pytest
@@ -9,8 +11,8 @@ import redis
 
 from bot.core.settings import Settings
 from bot.pipeline.ingest import QueueFull
-from tasks.celery_app import Producer, restore_sweep
-from tasks.names import GPU_QUEUE
+from tasks.celery_app import Producer, _repr, restore_sweep
+from tasks.names import GENERATE, GPU_QUEUE
 from tests.bot.pipeline.turns import TurnCounter
 from tests.helpers import make_job
 
@@ -78,3 +80,27 @@ def test_room_check_and_publish_are_one_atomic_round_trip(
         if producer._redis is not None:
             producer._redis.close()
         proxy.close()
+
+
+def test_the_envelope_is_what_send_task_would_push(
+    settings: Settings, redis_client: redis.Redis
+) -> None:
+    """Celery's message builder and kombu's channel, without the producer layers: the same
+    message `send_task` pushes, but for its ids (a real worker runs it: tests/integration)."""
+    producer = Producer(settings.replace(max_queue=7))
+    job = make_job("u", "t")
+    envelope = producer.envelope(job)
+    assert envelope is not None and (envelope.queue, envelope.limit) == (GPU_QUEUE, 7)
+    producer.app.send_task(GENERATE, args=[job.wire()], queue=GPU_QUEUE, **_repr(job.wire()))
+    sent = json.loads(redis_client.lpop(GPU_QUEUE))
+    built = json.loads(envelope.body)
+    assert built.keys() == sent.keys()
+    assert built["headers"].keys() == sent["headers"].keys()
+    assert built["headers"]["task"] == sent["headers"]["task"] == GENERATE
+    assert built["headers"]["argsrepr"] == sent["headers"]["argsrepr"]
+    assert set(built["properties"]) <= set(sent["properties"])
+    for key in ("delivery_mode", "delivery_info", "priority", "body_encoding"):
+        assert built["properties"][key] == sent["properties"][key]
+    args = [json.loads(base64.b64decode(m["body"]))[0] for m in (built, sent)]
+    assert args[0] == args[1] == [job.wire()]
+    producer.app.close()

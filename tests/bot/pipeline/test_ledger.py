@@ -7,7 +7,9 @@ import threading
 import pytest
 import redis
 
-from bot.core.store import connect
+from bot.core import jobs
+from bot.core.contracts import Envelope
+from bot.core.store import WriteOnce, WriteOnceConflict, connect
 from bot.pipeline.ledger import Ledger, Moved, Stamp
 from tests.bot.pipeline.turns import TurnCounter
 from tests.helpers import make_job, unique, with_db
@@ -129,3 +131,61 @@ def test_pipelined_claim_and_move_are_one_round_trip_each(redis_url: str) -> Non
         assert Ledger.moved(moved) == Moved(True, "received")
     assert proxy.turns == 2
     proxy.close()
+
+
+@pytest.mark.parametrize(
+    ("state", "limit", "waiting", "queued", "full"),
+    [
+        ("received", 0, 0, True, False),  # no limit
+        ("received", 3, 2, True, False),  # room for one more
+        ("received", 3, 3, False, True),  # full: nothing written, nothing pushed
+        ("queued", 0, 0, False, False),  # another try queued it first: not pushed again
+        ("delivered", 0, 0, False, False),
+    ],
+)
+def test_enqueue_is_all_or_nothing(
+    redis_client: redis.Redis, state: str, limit: int, waiting: int, queued: bool, full: bool
+) -> None:
+    """The job into the record, the room check, the push and the queued mark: one script."""
+    ledger, job, queue = Ledger(redis_client), make_job(unique()), unique("queue:")
+    ledger.claim(job.key)
+    if state != "received":
+        ledger.move(job.key, state)
+    for _ in range(waiting):
+        redis_client.lpush(queue, "earlier")
+    timeline = jobs.stamp(job.job_id, "received", text=job.text)
+    done = ledger.enqueue(job, Envelope(queue, "the message", limit), timeline)
+    assert (done.queued, done.full, done.was) == (queued, full, state)
+    record = ledger.get(job.key)
+    assert record is not None
+    assert redis_client.llen(queue) == waiting + queued
+    if queued:
+        assert record.state == "queued" and record.job == job
+        assert redis_client.lindex(queue, 0) == "the message"
+        assert job.key in ledger.in_state("queued") and job.key not in ledger.in_state("received")
+        assert jobs.get(redis_client, job.job_id)["text"] == job.text
+        assert job.job_id in redis_client.lrange(jobs.RECENT, 0, 10)
+    else:
+        assert record.state == state and "job" not in record.fields
+        assert jobs.get(redis_client, job.job_id) == {}
+
+
+def test_a_write_once_conflict_claims_nothing(redis_client: redis.Redis) -> None:
+    """A signature bound to one body: the same body again claims as a retry, another is refused
+    before anything is written."""
+    ledger, msg_key = Ledger(redis_client), unique("wechat:")
+    seal = WriteOnce(unique("signed:"), "digest of body 1", 60)
+    assert ledger.claim(msg_key, once=[seal]) == (True, 1)
+    assert ledger.claim(msg_key, once=[seal]) == (False, 2)  # the platform's retry
+    forged = unique("wechat:")
+    with pytest.raises(WriteOnceConflict) as refused:
+        ledger.claim(
+            forged,
+            once=[
+                WriteOnce(unique("signed:"), "x", 60),
+                WriteOnce(seal.key, "digest of body 2", 60),
+            ],
+        )
+    assert refused.value.index == 1
+    assert ledger.get(forged) is None
+    assert redis_client.ttl(seal.key) > 0
