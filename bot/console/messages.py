@@ -39,7 +39,7 @@ def listing(client: redis.Redis, view: str, limit: int = 50) -> list[dict[str, A
     """Records in one view, newest first (stuck: past their deadline or held by a dead worker)."""
     ledger, now = Ledger(client), time.time()
     if view == "stuck":
-        keys = list(ledger.due(now, limit=limit))
+        keys = list(ledger.due(now, limit=max(limit, 500)))
         alive = workers.alive_ids(client)
         for msg_key in ledger.in_state("generating", limit=500):
             record = ledger.get(msg_key)
@@ -50,12 +50,14 @@ def listing(client: redis.Redis, view: str, limit: int = 50) -> list[dict[str, A
     else:
         raise ValueError(f"unknown view {view!r}; one of {', '.join(VIEWS)}")
     rows = []
-    for msg_key in keys[:limit]:
+    for msg_key in keys:
         record = ledger.get(msg_key)
         if record is not None:
             rows.append(_row(record.fields, msg_key, now))
+    # Cut after sorting: a worker that died a moment ago must not fall behind `limit` records
+    # that have been overdue for longer.
     rows.sort(key=lambda r: r["updated_at"], reverse=True)
-    return rows
+    return rows[:limit]
 
 
 def summary(client: redis.Redis) -> dict[str, int]:

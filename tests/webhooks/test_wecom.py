@@ -221,6 +221,9 @@ def test_redis_down_is_503_then_the_retry_is_taken(settings: Settings, tmp_path)
         time.sleep(0.5)
         assert not reply_of(post(client, payload))["stream"]["finish"]  # WeCom's retry is taken
         assert len(wecom_jobs(app)) == 1
+        services = app.extensions["mimochat"]
+        services.producer.app.close()  # its pooled connections to the private Redis
+        services.redis.close()
     finally:
         server.terminate()
         server.wait(5)
