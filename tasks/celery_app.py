@@ -93,16 +93,12 @@ def _repr(payload: dict[str, Any]) -> dict[str, str]:
 class _Capture:
     """Stands in for kombu's Redis publish batch: keeps the commands a publish would run.
 
-    kombu routes and serialises the message as for any publish and hands its final Redis
-    commands (one LPUSH) to the batch; the Producer runs them in its own script instead.
+    kombu's Redis channel frames the message as for any publish and hands its final Redis
+    commands (one LPUSH) to the batch; the Producer or the ledger pushes it in a script instead.
     """
 
     def __init__(self) -> None:
         self.commands: list[tuple[str, tuple[Any, ...]]] = []
-
-    def publish(self, channel: Any, message: Any, **kwargs: Any) -> Any:
-        """What kombu's Producer calls for each message while this batch is current."""
-        return channel.basic_publish(message, _publish_batch=self, **kwargs)
 
     def add(self, name: str, *args: Any) -> None:
         """What kombu's Redis channel calls with each command of the message."""
@@ -147,31 +143,6 @@ class Producer:
                 ) from exc
             if waiting >= self.max_queue:
                 raise QueueFull(f"{waiting} waiting, limit {self.max_queue}")
-
-    def _capture(self, name: str, payload: dict[str, Any], queue: str) -> _Capture | None:
-        """The Redis commands kombu would run to publish this task, captured unsent.
-
-        None where kombu's producer offers no publish batch to capture (another transport or
-        version): the caller then publishes the ordinary way.
-        """
-        capture = _Capture()
-        with self.app.producer_or_acquire() as producer:
-            batches = getattr(producer, "_batch_local", None)
-            if batches is None or getattr(batches, "current", None) is not None:
-                return None
-            batches.current = capture
-            try:
-                self.app.send_task(
-                    name,
-                    args=[payload],
-                    queue=queue,
-                    retry=False,
-                    producer=producer,
-                    **_repr(payload),
-                )
-            finally:
-                del batches.current
-        return capture
 
     def envelope(self, job: Job) -> Envelope | None:
         """The generation message for `job`, built by Celery and kombu but not pushed (the
@@ -221,41 +192,26 @@ class Producer:
             return None
         return Envelope(queue=str(args[0]), body=args[1], limit=self.max_queue)
 
-    def _send_if_room(self, name: str, payload: dict[str, Any], queue: str) -> None:
-        """Check the room and publish in one round trip, atomically (no other publish between).
+    def publish(self, job: Job) -> None:
+        """Put one generation job on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting.
 
-        The message is built by Celery and kombu as for any publish; only its final LPUSH runs
-        inside a script that first counts what waits. Where kombu hands over no single LPUSH
-        (a different transport or version), the check and the publish are two round trips.
+        The room check and the push are one script (no other publish slips in between), with
+        the message `envelope` builds; where there is none (another transport), the check and
+        Celery's own publish are two round trips.
         """
+        envelope = self.envelope(job)
+        if envelope is None:
+            self._check_room()
+            self._send(_generate_name(job), job.wire(), GPU_QUEUE)
+            return
         try:
-            capture = self._capture(name, payload, queue)
-            if capture is None:
-                self._check_room()
-                self.app.send_task(name, args=[payload], queue=queue, retry=False, **_repr(payload))
-                return
-            (command, args), *others = capture.commands or [("", ())]
-            if command != "lpush" or others:
-                self._check_room()
-                self._run(capture.commands)
-                return
             pushed, waiting = self._client().eval(
-                _PUSH_IF_ROOM, 1, args[0], self.max_queue, args[1]
+                _PUSH_IF_ROOM, 1, envelope.queue, envelope.limit, envelope.body
             )
-        except (OperationalError, redis.RedisError, OSError) as exc:
-            raise Unavailable(f"cannot enqueue on {queue}: {type(exc).__name__}") from exc
+        except (redis.RedisError, OSError) as exc:
+            raise Unavailable(f"cannot enqueue on {GPU_QUEUE}: {type(exc).__name__}") from exc
         if not pushed:
             raise QueueFull(f"{waiting} waiting, limit {self.max_queue}")
-
-    def _run(self, commands: list[tuple[str, tuple[Any, ...]]]) -> None:
-        with self._client().pipeline(transaction=True) as pipe:
-            for command, args in commands:
-                getattr(pipe, command)(*args)
-            pipe.execute()
-
-    def publish(self, job: Job) -> None:
-        """Put one generation job on the gpu queue; QueueFull past MIMOCHAT_MAX_QUEUE waiting."""
-        self._send_if_room(_generate_name(job), job.wire(), GPU_QUEUE)
 
     def delivery(self, result: Answer) -> None:
         """Put one delivery job on the io queue (raises Unavailable if Redis is down)."""

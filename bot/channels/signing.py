@@ -103,21 +103,13 @@ def bind_body(
     """Tie a verified call's signature triple (timestamp, nonce, signature) to its body: the
     same body again is the platform's retry and passes; another body is refused (403).
 
-    With `spent`, that (plaintext) signature is claimed in the same round trip, as
-    `claim_signature` would. The record lives as long as the timestamp can stay acceptable: it
+    With `spent`, that plaintext signature is spent in the same round trip: WeChat's
+    compatible-mode calls carry `signature` (over no body) next to `msg_signature`, and without
+    this the URL of a sealed message, once captured, could post a plaintext body of anyone's
+    choosing. A sealed retry (even re-encrypted) spends it again and passes. The record lives as long as the timestamp can stay acceptable: it
     may be up to `window` ahead and `window` behind.
     """
     bind(client, body_seals(channel, signed, body, window, spent=spent))
-
-
-def claim_signature(client: redis.Redis, channel: str, signed: Signed, window: int = 300) -> None:
-    """Mark a plaintext signature as spent by an encrypted call that carried it too.
-
-    WeChat's compatible-mode calls carry `signature` (over no body) next to `msg_signature`:
-    without the claim, the URL of a sealed message, once captured, could post a plaintext
-    body of anyone's choosing. A sealed retry (even re-encrypted) claims the same and passes.
-    """
-    bind(client, [_seal(channel, signed, SEALED, window)])
 
 
 def body_seals(

@@ -11,7 +11,6 @@ from bot.channels.signing import (
     ProtocolError,
     Signed,
     bind_body,
-    claim_signature,
     new_nonce,
     parse_timestamp,
     sign,
@@ -111,8 +110,9 @@ def test_a_sealed_call_spends_its_plaintext_signature(redis_client: redis.Redis)
     the sealed call's retries (claiming it again) pass."""
     channel = unique("test")
     plain = Signed(str(int(time.time())), new_nonce(), "plain-signature")
-    claim_signature(redis_client, channel, plain)
-    claim_signature(redis_client, channel, plain)
+    sealed = Signed(plain.timestamp, plain.nonce, "msg-signature")
+    for _ in range(2):  # the sealed call and its retry
+        bind_body(redis_client, channel, sealed, b"<xml>sealed</xml>", spent=plain)
     with pytest.raises(ProtocolError) as err:
         bind_body(redis_client, channel, plain, b"<xml>forged plaintext</xml>")
     assert err.value.status == 403
