@@ -6,7 +6,7 @@ process (the web at `/metrics`, each worker on `MIMOCHAT_METRICS_PORT`) and adds
 keeps counters monotonic and needs no write to Redis per event. Figures that belong to no one
 process (queue depth, workers online, jobs by stage) are read from Redis when the web's
 `/metrics` is scraped (webhooks/metrics.py). Under gunicorn, set `PROMETHEUS_MULTIPROC_DIR`
-(webhooks/gunicorn_conf.py does) so the web's worker processes share one view.
+(webhooks/gunicorn.conf.py does) so the web's worker processes share one view.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ A request is kept in flight by the sandbox WeChat API's `delay` fault (a real sl
 
 from __future__ import annotations
 
+import gc
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -104,3 +106,19 @@ def test_gunicorn_workers_share_their_figures(settings: Settings, tmp_path: Path
         assert len(pids) >= 1
     finally:
         stop_process(proc)
+
+
+def test_a_worker_freezes_what_it_loaded_at_start(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """gunicorn calls `post_worker_init` once the app is loaded: afterwards the start-up objects
+    are in the collector's permanent generation (a full collection no longer walks them)."""
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    conf = runpy.run_path(str(ROOT / "webhooks" / "gunicorn.conf.py"))
+    assert gc.get_freeze_count() == 0
+    try:
+        conf["post_worker_init"](None)
+        assert gc.get_freeze_count() > 10_000  # this test process's modules and objects
+    finally:
+        gc.unfreeze()
