@@ -170,6 +170,19 @@ def test_enqueue_is_all_or_nothing(
         assert jobs.get(redis_client, job.job_id) == {}
 
 
+def test_enqueue_after_redis_forgot_its_scripts_runs_once(redis_client: redis.Redis) -> None:
+    """The enqueue script is run by its SHA: on a Redis that lost it (restarted, SCRIPT FLUSH)
+    the NOSCRIPT answer means nothing ran, so it is loaded and run exactly once."""
+    ledger, job, queue = Ledger(redis_client), make_job(unique()), unique("queue:")
+    ledger.claim(job.key)
+    redis_client.script_flush()
+    timeline = jobs.stamp(job.job_id, "received", text=job.text)
+    done = ledger.enqueue(job, Envelope(queue, "the message", 0), timeline)
+    assert (done.queued, done.was) == (True, "received")
+    assert redis_client.lrange(queue, 0, -1) == ["the message"]
+    assert redis_client.lrange(jobs.RECENT, 0, 10).count(job.job_id) == 1
+
+
 def test_a_write_once_conflict_claims_nothing(redis_client: redis.Redis) -> None:
     """A signature bound to one body: the same body again claims as a retry, another is refused
     before anything is written."""
