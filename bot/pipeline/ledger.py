@@ -86,7 +86,7 @@ for i, once in ipairs(cjson.decode(ARGV[8])) do
   end
 end
 -- A read first: a new record gets its count in its one HSET (a write fewer to propagate).
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('HEXISTS', KEYS[1], 'tries') == 1 then
   return {0, redis.call('HINCRBY', KEYS[1], 'tries', 1)}
 end
 local id, now, ttl, deadline, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
