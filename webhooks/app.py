@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import redis
-from flask import Flask, Response, request
+from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
@@ -36,11 +36,33 @@ class GuardedJSONProvider(DefaultJSONProvider):
         return load_json(s)
 
 
+class App(Flask):
+    """Flask with the console's static assets read whole before the server sends them."""
+
+    def send_static_file(self, filename: str) -> Response:
+        """The asset read whole and its file closed (they are a few small files).
+
+        Flask streams a static file from an open file that the server closes once sent;
+        werkzeug's development server (the demo's, the tests') skips that close when the browser
+        drops the connection mid-send, leaving the file to the garbage collector.
+        """
+        response = super().send_static_file(filename)
+        body = response.response
+        try:
+            data = b"".join(response.iter_encoded())
+        finally:
+            if (close := getattr(body, "close", None)) is not None:
+                close()
+        response.direct_passthrough = False
+        response.set_data(data)
+        return response
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the web app; tests pass their own settings."""
     settings = settings or Settings.from_env()
     setup_logging(settings)
-    app = Flask(__name__)
+    app = App(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json = GuardedJSONProvider(app)
     app.json.ensure_ascii = False  # Chinese stays Chinese in every JSON answer
@@ -65,23 +87,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.sandbox:
         app.register_blueprint(sandbox.bp)
         app.register_blueprint(sandbox_wecom.bp)
-
-    @app.after_request
-    def static_read_whole(response: Response) -> Response:
-        # The static files are the console's few small assets, streamed from an open file that
-        # the server closes once sent. werkzeug's development server (the demo's, the tests')
-        # skips that close when the browser drops the connection mid-send, leaving the file to
-        # the garbage collector (a ResourceWarning); read whole here, the file is closed now.
-        if response.direct_passthrough and (request.endpoint or "").endswith("static"):
-            body = response.response
-            try:
-                data = b"".join(response.iter_encoded())
-            finally:
-                if (close := getattr(body, "close", None)) is not None:
-                    close()
-            response.direct_passthrough = False
-            response.set_data(data)
-        return response
 
     @app.errorhandler(ProtocolError)
     def protocol_error(exc: ProtocolError):  # noqa: ANN202

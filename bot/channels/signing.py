@@ -106,8 +106,9 @@ def bind_body(
     With `spent`, that plaintext signature is spent in the same round trip: WeChat's
     compatible-mode calls carry `signature` (over no body) next to `msg_signature`, and without
     this the URL of a sealed message, once captured, could post a plaintext body of anyone's
-    choosing. A sealed retry (even re-encrypted) spends it again and passes. The record lives as long as the timestamp can stay acceptable: it
-    may be up to `window` ahead and `window` behind.
+    choosing. A sealed retry (even re-encrypted) spends it again and passes. The record lives
+    as long as the timestamp can stay acceptable: it may be up to `window` ahead and `window`
+    behind.
     """
     bind(client, body_seals(channel, signed, body, window, spent=spent))
 
