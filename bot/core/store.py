@@ -10,11 +10,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
 
 from bot.core.lifeline import popen_for_life
+from bot.core.redis_sockets import connection_class
 from bot.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -145,14 +147,25 @@ def resolve_url(settings: Settings) -> str:
     return settings.redis_url or start_embedded(settings.data_path)
 
 
+SOCKET_TIMEOUT = 2.0  # seconds a Redis read or write may wait
+
+
 def connect(url: str) -> redis.Redis:
-    """A client that fails fast: the webhook must answer 503 within WeChat's 5 s, not hang."""
+    """A client that fails fast: the webhook must answer 503 within WeChat's 5 s, not hang.
+
+    The read/write bound is the kernel's where the URL allows (`redis_sockets`): one system
+    call per send and per receive instead of a poll before each.
+    """
+    timed = connection_class(url, SOCKET_TIMEOUT)
+    options: dict[str, Any] = (
+        {"connection_class": timed} if timed else {"socket_timeout": SOCKET_TIMEOUT}
+    )
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=1.0,
-        socket_timeout=2.0,
         health_check_interval=30,
+        **options,
     )
 
 

@@ -1,0 +1,117 @@
+"""Redis connections bounded by the kernel's socket timeouts: a stuck Redis is still a timeout."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.driver_info import DriverInfo
+
+from bot.core import redis_sockets
+from bot.core.redis_sockets import KernelTimedConnection, KernelTimedUnixConnection
+from bot.core.store import SOCKET_TIMEOUT, connect
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never reads or answers (a stuck Redis)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+def timed_client(url: str, seconds: float) -> redis.Redis:
+    """A client bounded to `seconds`, with no handshake (CLIENT SETINFO): its first command is
+    the test's own."""
+    timed = redis_sockets.connection_class(url, seconds)
+    assert timed is not None
+    return redis.Redis.from_url(
+        url,
+        connection_class=timed,
+        socket_connect_timeout=1.0,
+        driver_info=DriverInfo(name=None, lib_version=None),
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", KernelTimedConnection),
+        ("unix:///tmp/redis.sock?db=1", KernelTimedUnixConnection),
+        ("rediss://127.0.0.1:6380/0", None),  # TLS keeps Python's timeout mode
+    ],
+)
+def test_each_scheme_gets_its_connection_class(url: str, expected: type | None) -> None:
+    timed = redis_sockets.connection_class(url, 2.0)
+    if expected is None:
+        assert timed is None
+        return
+    assert timed is not None and issubclass(timed, expected)
+    assert redis_sockets.connection_class(url, 2.0) is timed  # one class per scheme and bound
+
+
+def test_the_socket_is_blocking_with_the_bound_in_the_kernel(redis_client: redis.Redis) -> None:
+    """The client the project uses: no Python timeout mode (no poll before each call), the
+    kernel bounding reads and writes to SOCKET_TIMEOUT instead."""
+    redis_client.ping()
+    conn = redis_client.connection_pool.get_connection()
+    try:
+        sock = conn._sock
+        assert sock is not None and sock.gettimeout() is None
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            seconds, micros = struct.unpack("ll", sock.getsockopt(socket.SOL_SOCKET, option, 16))
+            assert seconds + micros / 1e6 == pytest.approx(SOCKET_TIMEOUT)
+    finally:
+        redis_client.connection_pool.release(conn)
+
+
+def test_a_redis_that_never_answers_is_a_timeout_within_the_bound(silent_server: str) -> None:
+    """What the webhook turns into a 503 well within WeChat's 5 s (not a hang, not a retry)."""
+    client = connect(silent_server)
+    started = time.monotonic()
+    with pytest.raises(redis.TimeoutError):
+        client.get("anything")
+    assert time.monotonic() - started < 2 * SOCKET_TIMEOUT
+    client.close()
+
+
+def test_a_write_redis_never_reads_is_a_timeout(silent_server: str) -> None:
+    """A command bigger than the socket buffers, to a server that reads nothing: the kernel
+    ends the write, and it is a TimeoutError like a stuck read."""
+    client = timed_client(silent_server, 0.3)
+    with pytest.raises(redis.TimeoutError, match="writing"):
+        client.set("big", b"x" * (64 << 20))
+    client.close()
+
+
+def test_without_kernel_timeouts_python_keeps_the_bound(
+    monkeypatch: pytest.MonkeyPatch, silent_server: str
+) -> None:
+    """Where the OS refuses the socket options, the connection falls back to Python's timeout
+    mode with the same bound (patched: Linux always accepts them)."""
+    monkeypatch.setattr(redis_sockets, "_kernel_timeouts", lambda sock, seconds: False)
+    client = timed_client(silent_server, 0.3)
+    conn = client.connection_pool.get_connection()
+    assert conn._sock is not None and conn._sock.gettimeout() == 0.3
+    client.connection_pool.release(conn)
+    with pytest.raises(redis.TimeoutError):
+        client.get("anything")
+    client.close()
