@@ -99,8 +99,29 @@ def check_question(
         if not passed:
             _decided(settings, client, "question", "review_refused", channel, user, rule, text)
             return Verdict(REFUSED_TEXT, "review", rule)
-    metrics.GUARD_DECISIONS.labels("question", "pass").inc()
+    note_pass()
     return None
+
+
+def passes_quietly(settings: Settings, *, user: str, text: str) -> bool:
+    """Whether a question passes `check_question` with nothing to count or ask: no rate limit
+    applies to `user`, no review service is set and no list refuses `text`.
+
+    Such a question is decided before its claim, so ingest may enqueue it in the claim's own
+    round trip (`note_pass` then counts it, once).
+    """
+    if ratelimit.parsed(settings.rate_limit_user) and user not in _exempt(
+        settings.rate_limit_exempt
+    ):
+        return False
+    if settings.review_url:
+        return False
+    return not safety.find(text, safety.lists_for(settings.safety_lists).questions)
+
+
+def note_pass() -> None:
+    """Count a question the guards let through."""
+    metrics.GUARD_DECISIONS.labels("question", "pass").inc()
 
 
 def screen(settings: Settings, text: str) -> tuple[str, list[safety.Hit], bool]:

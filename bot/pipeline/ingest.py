@@ -3,6 +3,8 @@
 Adapters pass enqueueing in as a callable, so this module never imports Celery. The record is
 created (with the dedupe) before anything else, and the job is written into it before it is
 enqueued: whatever line fails, a retry of the message or the sweeper finds where it stopped.
+A plain question takes one round trip (`_admit`: the ledger's admit script claims, reads and
+enqueues in one atomic step); anything else two (claim and reads, then decide).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from bot.core.settings import Settings
 from bot.core.store import WriteOnce, WriteOnceConflict
 from bot.pipeline import commands, guards, moderation, thinking
 from bot.pipeline.conversations import conversations
-from bot.pipeline.ledger import Ledger, Stamp
+from bot.pipeline.ledger import Gate, Ledger, Stamp
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +101,22 @@ def ingest(
     ledger = Ledger(client, settings)
     msg_key = message_key(message.channel, message.dedup_key)
     job_id = new_id()
+    ready = _ready(message, msg_key, job_id, settings, enqueue)
+    decision: Decision | None = None
     try:
-        look = _first_look(message, msg_key, job_id, settings, client, ledger, seals)
+        if ready is not None:
+            look, decision = _admit(message, ready, settings, client, ledger, seals)
+        else:
+            look = _first_look(message, msg_key, job_id, settings, client, ledger, seals)
     except WriteOnceConflict:
         raise reused() from None
     if not look.created:
         log.info("retry %d of %s message %s", look.tries, message.channel, message.dedup_key)
         return _earlier(message, msg_key, look.tries, settings, client, ledger, enqueue)
-    decision = _decide_or_release(message, msg_key, job_id, look, settings, client, ledger, enqueue)
+    if decision is None:
+        decision = _decide_or_release(
+            message, msg_key, job_id, look, settings, client, ledger, enqueue
+        )
     decision.attempt = look.tries
     if decision.waiting is None and message.channel == "wechat":
         decision.waiting = look.waiting
@@ -124,6 +134,107 @@ class Look:
     waiting: int = 0  # parts in the user's mailbox (read only for a "continue")
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A plain question's job, its broker message and timeline, made before its claim."""
+
+    job: Job
+    envelope: Envelope
+    timeline: dict[str, str]
+
+
+def _ready(
+    message: IncomingMessage, msg_key: str, job_id: str, settings: Settings, enqueue: Enqueue
+) -> Ready | None:
+    """The job of a plain question, made before the claim so that one script claims and
+    enqueues it (`_admit`); None where deciding needs more than that script reads: events,
+    commands, a "continue", guards that count or ask, a publisher that hands no message.
+
+    Made for a retry too, where it goes unused (the claim finds the record): retries are few.
+    """
+    text = message.content
+    if message.kind not in ("text", "voice") or not text:
+        return None
+    if commands.match_command(text) or commands.think_choice(text) is not None:
+        return None
+    if is_continue(text) or not guards.passes_quietly(settings, user=message.user, text=text):
+        return None
+    build: Callable[[Job], Envelope | None] | None = getattr(enqueue, "envelope", None)
+    if build is None:
+        return None
+    # `auto` starts from customer service; the script stops the job if the account turned out
+    # passive-only, and the two-step path makes the passive one.
+    mode: ReplyMode = (
+        "passive" if settings.wechat_reply_mode == reply_mode.PASSIVE else "customer_service"
+    )
+    job = make_job(message, msg_key, job_id, mode)
+    envelope = build(job)
+    return Ready(job, envelope, _timeline(job, message.kind)) if envelope else None
+
+
+def _admit(
+    message: IncomingMessage,
+    ready: Ready,
+    settings: Settings,
+    client: redis.Redis,
+    ledger: Ledger,
+    seals: Sequence[WriteOnce],
+) -> tuple[Look, Decision | None]:
+    """One round trip for a plain question: the claim, the reads and the enqueue in one script.
+
+    The decision is None where the reads stopped the enqueue (a blocked user, a passive-only
+    account): the record waits in `received` and `_decide` takes it from there with the reads.
+    """
+    job = ready.job
+    auto = settings.wechat_reply_mode == "auto"
+    gate = Gate(
+        blocked=moderation.blocked_key(message.channel),
+        member=message.user,
+        stop_flag=reply_mode.passive_only_key(settings) if auto else None,
+        count=Mailbox(client, message.channel, message.user, settings.pending_ttl).key,
+    )
+    got = ledger.admit(
+        job,
+        ready.envelope,
+        jobs.stamp(job.job_id, "received", **ready.timeline),
+        gate,
+        stamps=_stamps(message, settings, client),
+        once=seals,
+        **_record_fields(message, job.job_id),
+    )
+    look = Look(got.created, got.tries, got.blocked, got.flagged, got.count)
+    done = got.enqueued
+    if not got.created or done is None:
+        return look, None
+    if done.full:
+        decision = _busy(job, f"{done.waiting} waiting, limit {ready.envelope.limit}")
+        ledger.forget(job.key)  # not enqueued, so not seen: a retry may go through later
+        return look, decision
+    guards.note_pass()
+    return look, _queued(job, ready.timeline)
+
+
+def _stamps(message: IncomingMessage, settings: Settings, client: redis.Redis) -> list[Stamp]:
+    """What a message's claim writes on its first try: WeChat's customer-service window."""
+    if message.channel != "wechat" or message.event == "unsubscribe":
+        return []
+    # WeChat opens the window on any message from the user, blocked or not.
+    window = reply_mode.ServiceWindow(settings, client, message.user)
+    return [Stamp(window.key, window.seconds, window.fresh())]
+
+
+def _record_fields(message: IncomingMessage, job_id: str) -> dict[str, str | None]:
+    """The fields a message's record starts with."""
+    return {
+        "channel": message.channel,
+        "user": message.user,
+        "kind": message.kind,
+        "msg_id": message.msg_id,
+        "job_id": job_id,
+        "request_id": message.request_id,
+    }
+
+
 def _first_look(
     message: IncomingMessage,
     msg_key: str,
@@ -138,11 +249,7 @@ def _first_look(
 
     Reads ride along even on a retry, where they go unused: cheaper than a second trip.
     """
-    stamps = []
-    if message.channel == "wechat" and message.event != "unsubscribe":
-        # WeChat opens the window on any message from the user, blocked or not.
-        window = reply_mode.ServiceWindow(settings, client, message.user)
-        stamps.append(Stamp(window.key, window.seconds, window.fresh()))
+    stamps = _stamps(message, settings, client)
     auto = settings.wechat_reply_mode == "auto"
     box = Mailbox(client, message.channel, message.user, settings.pending_ttl)
     # WeChat's passive reply carries waiting parts: their count rides along for it too.
@@ -155,12 +262,7 @@ def _first_look(
             msg_key,
             stamps=stamps,
             once=seals,
-            channel=message.channel,
-            user=message.user,
-            kind=message.kind,
-            msg_id=message.msg_id,
-            job_id=job_id,
-            request_id=message.request_id,
+            **_record_fields(message, job_id),
         )
         pipe.sismember(moderation.blocked_key(message.channel), message.user)
         if auto:
@@ -346,8 +448,7 @@ def enqueue_job(
             # Another try of this message moved the record on first: its job is the one.
             log.info("message %s already %s; not enqueued again", job.key, done.was)
             return Decision(job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
-        jobs.announce(job.job_id, "received", **timeline)
-        return Decision(job=job, job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
+        return _queued(job, timeline)
     ledger.move(job.key, "received", since=("received",), job=job, reply_mode=job.reply_mode)
     try:
         enqueue(job)
@@ -359,6 +460,12 @@ def enqueue_job(
         ledger.move_on(pipe, job.key, "queued", since=("received",))
         jobs.record_on(pipe, job.job_id, "received", **timeline)
         pipe.execute()
+    return Decision(job=job, job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
+
+
+def _queued(job: Job, timeline: dict[str, str]) -> Decision:
+    """A job just enqueued: its stage line and count, and the decision that says so."""
+    jobs.announce(job.job_id, "received", **timeline)
     return Decision(job=job, job_id=job.job_id, reply_mode=job.reply_mode, key=job.key)
 
 

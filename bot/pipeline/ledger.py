@@ -4,7 +4,8 @@ received → queued → generating (held by a named worker) → answered → del
 delivered | parked | apologized. The record is created in the same atomic step as the dedupe
 (a retry of the message finds it), every transition is one Lua script conditional on the state
 before it, and every non-final state carries a deadline, so the sweeper can find whatever is
-stuck. Celery's visibility timeout is only a backstop behind this.
+stuck. Celery's visibility timeout is only a backstop behind this. The scripts are in
+`ledger_lua`; `admit` is a plain question's claim and enqueue in one of them.
 
 Indexes: `ledger:due` (sorted by deadline: records in a non-final state) and
 `ledger:state:<state>` (sorted by last change, capped: what the console lists).
@@ -12,7 +13,6 @@ Indexes: `ledger:due` (sorted by deadline: records in a non-final state) and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -29,6 +29,7 @@ from bot.core import jobs
 from bot.core.contracts import Envelope, Job
 from bot.core.settings import Settings
 from bot.core.store import WriteOnce, WriteOnceConflict, key
+from bot.pipeline.ledger_lua import ADMIT, ADMIT_SHA, CLAIM, ENQUEUE, ENQUEUE_SHA, MOVE
 
 STATES = (
     "received",
@@ -67,129 +68,6 @@ _DUE = key("ledger", "due")
 
 def _state_index(state: str) -> str:
     return key("ledger", "state", state)
-
-
-# KEYS: record, due, state-index prefix, then one hash per stamp, then the write-once keys.
-# ARGV: id, now, ttl, deadline, index max (0: no trim), the stamps as JSON
-#       ([[ttl, {field: value}], ...]), the record's fields as JSON ({field: value}), the
-#       write-once values as JSON ([[value, ttl], ...]).
-# Write-once keys are checked (and written) first, on every try: a conflict answers
-# {-1, index} and claims nothing. Stamps are written on the first try only, in the same atomic
-# step. JSON, not one argument per field: redis-py encodes every argument on its own, and a
-# claim's dozen fields cost more to pack than to send.
-_CLAIM = """
-local stamps = cjson.decode(ARGV[6])
-for i, once in ipairs(cjson.decode(ARGV[8])) do
-  local name = KEYS[3 + #stamps + i]
-  if not redis.call('SET', name, once[1], 'NX', 'EX', once[2]) then
-    if redis.call('GET', name) ~= once[1] then return {-1, i} end
-  end
-end
--- A read first: a new record gets its count in its one HSET (a write fewer to propagate).
-if redis.call('HEXISTS', KEYS[1], 'tries') == 1 then
-  return {0, redis.call('HINCRBY', KEYS[1], 'tries', 1)}
-end
-local id, now, ttl, deadline, keep = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local row = {'tries', 1, 'state', 'received', 'created_at', now, 'updated_at', now,
-  'deadline', deadline, 'attempts', 0}
-for name, value in pairs(cjson.decode(ARGV[7])) do
-  row[#row + 1] = name; row[#row + 1] = value
-end
-redis.call('HSET', KEYS[1], unpack(row))
-for s, stamp in ipairs(stamps) do
-  local fields = {}
-  for name, value in pairs(stamp[2]) do
-    fields[#fields + 1] = name; fields[#fields + 1] = value
-  end
-  if #fields > 0 then redis.call('HSET', KEYS[3 + s], unpack(fields)) end
-  redis.call('EXPIRE', KEYS[3 + s], stamp[1])
-end
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], deadline, id)
-redis.call('ZADD', KEYS[3] .. 'received', now, id)
-if tonumber(keep) > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'received', 0, -tonumber(keep) - 1)
-end
-return {1, 1}
-"""
-
-# KEYS: record, due, state-index prefix.
-# ARGV: id, to, now, deadline ('' = final), ttl, index max, n_from, from..., n_checks,
-#       (field, value)..., then (field, value) pairs to set. '*' in from = any non-final state.
-_MOVE = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {0, ''} end
-local id, to, now, deadline, ttl, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local i = 7
-local n_from = tonumber(ARGV[i]); i = i + 1
-local ok = false
-for j = 1, n_from do
-  local s = ARGV[i]; i = i + 1
-  if s == cur then ok = true end
-  if s == '*' and cur ~= 'delivered' and cur ~= 'parked' and cur ~= 'apologized' then ok = true end
-end
-local n_checks = tonumber(ARGV[i]); i = i + 1
-for j = 1, n_checks do
-  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then ok = false end
-  i = i + 2
-end
-if not ok then return {0, cur} end
-redis.call('HSET', KEYS[1], 'state', to, 'updated_at', now)
-while i <= #ARGV do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
-end
-if deadline == '' then
-  redis.call('HDEL', KEYS[1], 'deadline')
-  redis.call('ZREM', KEYS[2], id)
-else
-  redis.call('HSET', KEYS[1], 'deadline', deadline)
-  redis.call('ZADD', KEYS[2], deadline, id)
-end
-redis.call('EXPIRE', KEYS[1], tonumber(ttl))
-if cur ~= to then redis.call('ZREM', KEYS[3] .. cur, id) end
-redis.call('ZADD', KEYS[3] .. to, now, id)
-redis.call('ZREMRANGEBYRANK', KEYS[3] .. to, 0, -tonumber(keep) - 1)
-return {1, cur}
-"""
-
-
-# KEYS: record, due, state-index prefix, the broker's queue, the job's timeline hash, the list of
-#       recent jobs.
-# ARGV: id, now, deadline, index max (0: no trim), the job as JSON, reply mode, the most that
-#       may wait on the queue (0: no limit), the broker's message, timeline ttl, recent max
-#       (0: no trim), job id, the timeline's fields as JSON.
-# Only from `received`: the job into the record, the room check, the push and the `queued` mark
-# happen together or not at all, so no retry or sweeper ever finds a half-done enqueue.
-# Answers {1, state before, waiting} when queued, {2, state, waiting} when the queue was full
-# (nothing written), {0, state, 0} when the record was not in `received` (nothing written).
-_ENQUEUE = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if cur ~= 'received' then return {0, cur or '', 0} end
-local limit, waiting = tonumber(ARGV[7]), 0
-if limit > 0 then
-  waiting = redis.call('LLEN', KEYS[4])
-  if waiting >= limit then return {2, cur, waiting} end
-end
-local id, now, deadline, keep = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
--- No EXPIRE: the claim gave the record its lifetime a moment ago.
-redis.call('HSET', KEYS[1], 'state', 'queued', 'updated_at', now, 'deadline', deadline,
-  'job', ARGV[5], 'reply_mode', ARGV[6])
-redis.call('ZADD', KEYS[2], deadline, id)
-redis.call('ZREM', KEYS[3] .. 'received', id)
-redis.call('ZADD', KEYS[3] .. 'queued', now, id)
-if keep > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3] .. 'queued', 0, -keep - 1) end
-redis.call('LPUSH', KEYS[4], ARGV[8])
-local row = {}
-for name, value in pairs(cjson.decode(ARGV[12])) do
-  row[#row + 1] = name; row[#row + 1] = value
-end
-if #row > 0 then redis.call('HSET', KEYS[5], unpack(row)) end
-redis.call('EXPIRE', KEYS[5], tonumber(ARGV[9]))
-redis.call('LPUSH', KEYS[6], ARGV[11])
-if tonumber(ARGV[10]) > 0 then redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[10]) - 1) end
-return {1, cur, waiting}
-"""
-_ENQUEUE_SHA = hashlib.sha1(_ENQUEUE.encode()).hexdigest()
 
 
 @dataclass
@@ -259,6 +137,33 @@ class Enqueued:
     waiting: int
 
 
+@dataclass(frozen=True)
+class Gate:
+    """The reads that decide whether a new question may be enqueued in its claim's own step.
+
+    It may unless `member` is in the `blocked` set or the `stop_flag` key (when given) exists;
+    the length of the `count` list is read along (the user's waiting parts).
+    """
+
+    blocked: str
+    member: str
+    stop_flag: str | None
+    count: str
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The outcome of `Ledger.admit`: the claim's, the gate's reads, and the enqueue's (None
+    when no record was made or the gate stopped it: the record waits in `received`)."""
+
+    created: bool
+    tries: int
+    blocked: bool = False
+    flagged: bool = False
+    count: int = 0
+    enqueued: Enqueued | None = None
+
+
 class Ledger:
     """The records of every accepted message, on one Redis."""
 
@@ -274,11 +179,11 @@ class Ledger:
     @cached_property
     def _claim(self) -> Script:
         # Registered when first used: webhook calls build a Ledger each and use neither.
-        return self.redis.register_script(_CLAIM)
+        return self.redis.register_script(CLAIM)
 
     @cached_property
     def _move(self) -> Script:
-        return self.redis.register_script(_MOVE)
+        return self.redis.register_script(MOVE)
 
     def deadline(self, state: str, now: float | None = None) -> float:
         """When a record entering `state` now is due for the sweeper."""
@@ -318,7 +223,7 @@ class Ledger:
         round trip of its own; the script's text costs less than that.
         """
         keys = self._claim_keys(msg_key, stamps, once)
-        pipe.eval(_CLAIM, len(keys), *keys, *self._claim_args(msg_key, stamps, once, fields))
+        pipe.eval(CLAIM, len(keys), *keys, *self._claim_args(msg_key, stamps, once, fields))
 
     @staticmethod
     def claimed(raw: Any) -> tuple[bool, int]:
@@ -383,7 +288,7 @@ class Ledger:
     ) -> None:
         """`move`, queued on a pipeline (read its result with `moved`)."""
         args = self._move_args(msg_key, to, since, when, deadline, fields)
-        pipe.eval(_MOVE, 3, *self._keys(msg_key), *args)
+        pipe.eval(MOVE, 3, *self._keys(msg_key), *args)
 
     @staticmethod
     def moved(raw: Any) -> Moved:
@@ -417,10 +322,53 @@ class Ledger:
 
     def enqueue(self, job: Job, envelope: Envelope, timeline: jobs.Stamp) -> Enqueued:
         """One round trip from `received`: the job into its record, the room check, the push
-        of the broker's message and the `queued` mark, atomically (see `_ENQUEUE`)."""
+        of the broker's message and the `queued` mark, atomically (see `ledger_lua.ENQUEUE`)."""
+        keys = [*self._keys(job.key), *self._enqueue_keys(envelope, timeline)]
+        done, was, waiting = self._run(
+            ENQUEUE_SHA, ENQUEUE, keys, self._enqueue_args(job, envelope, timeline)
+        )
+        was = was.decode() if isinstance(was, bytes) else str(was)
+        return Enqueued(done == 1, done == 2, was, int(waiting))
+
+    def admit(
+        self,
+        job: Job,
+        envelope: Envelope,
+        timeline: jobs.Stamp,
+        gate: Gate,
+        *,
+        stamps: Sequence[Stamp] = (),
+        once: Sequence[WriteOnce] = (),
+        **fields: Any,
+    ) -> Admission:
+        """A plain question in one round trip: `claim`, the reads `gate` names and, when they
+        let it through, `enqueue`, atomically (see `ledger_lua.ADMIT`).
+
+        `once` keys holding another value raise WriteOnceConflict (nothing claimed).
+        """
+        claim_keys = self._claim_keys(job.key, stamps, once)
+        keys = [*claim_keys, gate.blocked, gate.stop_flag or gate.blocked, gate.count]
+        keys += self._enqueue_keys(envelope, timeline)
+        args = [len(claim_keys), gate.member, 1 if gate.stop_flag else 0]
+        args += self._claim_args(job.key, stamps, once, fields)
+        args += self._enqueue_args(job, envelope, timeline)
+        raw = self._run(ADMIT_SHA, ADMIT, keys, args)
+        created, tries = self.claimed(raw[:2])
+        if not created:
+            return Admission(False, tries)
+        outcome, waiting, blocked, flagged, count = (int(x) for x in raw[2:])
+        enqueued = None
+        if outcome != 3:
+            enqueued = Enqueued(outcome == 1, outcome == 2, "received", waiting)
+        return Admission(True, 1, bool(blocked), bool(flagged), count, enqueued)
+
+    @staticmethod
+    def _enqueue_keys(envelope: Envelope, timeline: jobs.Stamp) -> list[str]:
+        return [envelope.queue, timeline.key, jobs.RECENT]
+
+    def _enqueue_args(self, job: Job, envelope: Envelope, timeline: jobs.Stamp) -> list[Any]:
         now = time.time()
-        keys = [*self._keys(job.key), envelope.queue, timeline.key, jobs.RECENT]
-        args = [
+        return [
             job.key,
             f"{now:.3f}",
             f"{self.deadline('queued', now):.3f}",
@@ -434,15 +382,15 @@ class Ledger:
             job.job_id,
             json.dumps(timeline.fields),
         ]
-        # EVALSHA: the text (1.5 kB) is neither sent nor hashed by Redis on every question.
+
+    def _run(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        # EVALSHA: the text (1.5-3 kB) is neither sent nor hashed by Redis on every question.
         # NOSCRIPT (a restarted or flushed Redis) means nothing ran: load it and run it once.
         try:
-            done, was, waiting = self.redis.evalsha(_ENQUEUE_SHA, len(keys), *keys, *args)
+            return self.redis.evalsha(sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            self.redis.script_load(_ENQUEUE)
-            done, was, waiting = self.redis.evalsha(_ENQUEUE_SHA, len(keys), *keys, *args)
-        was = was.decode() if isinstance(was, bytes) else str(was)
-        return Enqueued(done == 1, done == 2, was, int(waiting))
+            self.redis.script_load(script)
+            return self.redis.evalsha(sha, len(keys), *keys, *args)
 
     def get(self, msg_key: str) -> Record | None:
         """The record, or None if there is none (never accepted, forgotten or expired)."""

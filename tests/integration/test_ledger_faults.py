@@ -32,7 +32,7 @@ from bot.channels.wechat.reply_mode import ServiceWindow
 from bot.core.contracts import Answer, message_key
 from bot.core.settings import Settings
 from bot.core.store import connect
-from bot.pipeline import ledger as ledger_scripts
+from bot.pipeline import ledger_lua
 from bot.pipeline.ingest import ingest
 from bot.pipeline.ledger import Ledger
 from tasks.celery_app import Producer
@@ -40,9 +40,6 @@ from tests.conftest import start_process, stop_process
 from tests.helpers import ACCOUNT, AES_KEY, APP_ID, TOKEN, make_job, unique
 from tests.integration.conftest import FaultStack, PrivateRedis, fresh, web_stack
 from tests.integration.proxy import CuttableProxy
-
-# The enqueue script runs by its SHA: only its calls hold it. The fault below strikes its reply.
-ENQUEUE_MARK = ledger_scripts._ENQUEUE_SHA.encode()
 
 pytestmark = pytest.mark.integration
 
@@ -287,26 +284,37 @@ def test_a_worker_without_the_model_libraries_takes_nothing(
     assert requests.get(f"{stack.url}/healthz", timeout=5).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("script", "changes"),
+    [
+        ("admit", {}),  # a plain question: claimed and enqueued by one script
+        # A limit to count first: claim | limit | the enqueue script.
+        ("enqueue", {"rate_limit_user": "100/minute"}),
+    ],
+)
 def test_a_reply_lost_after_the_enqueue_script_doubles_nothing(
-    stack: FaultStack, fault_redis: PrivateRedis
+    stack: FaultStack, fault_redis: PrivateRedis, script: str, changes: dict[str, str]
 ) -> None:
-    """Injected: the enqueue script (job, push and queued mark in one step) runs in Redis, and
+    """Injected: the script that enqueues (`admit`: the claim, job, push and queued mark in one
+    step; `enqueue`: the job, push and queued mark after a separate claim) runs in Redis, and
     its reply is lost on the way back (3 messages; the webhook would answer 503); then WeChat's
     2 retries of each, through the production publisher (`Producer.generation`, envelope path).
     Counted: answered once 3, lost 0, doubled 0."""
+    text = {"admit": ledger_lua.ADMIT, "enqueue": ledger_lua.ENQUEUE}[script]
+    mark = ledger_lua.sha(text).encode()  # run by its SHA: only its calls hold it
     proxy = CuttableProxy(fault_redis.port)
-    settings = stack.settings.replace(redis_url=proxy.url)
+    settings = stack.settings.replace(redis_url=proxy.url, **changes)
     client = connect(proxy.url)
     producer = Producer(stack.settings)
     users = [unique() for _ in range(3)]
     # Known to Redis, as after the first question: the struck call is the one that runs it
     # (on a Redis without it, NOSCRIPT answers first and nothing runs).
-    client.script_load(ledger_scripts._ENQUEUE)
+    client.script_load(text)
     try:
         for u in users:
             stack.open_window(u)
             message = parse_message(message_xml(u, ACCOUNT, content="once please"))
-            proxy.lose_reply_to(ENQUEUE_MARK)
+            proxy.lose_reply_to(mark)
             with pytest.raises(redis.ConnectionError):
                 ingest(message, settings=settings, client=client, enqueue=producer.generation)
             proxy.restore()

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
-from bot.channels.wechat.reply_mode import ServiceWindow
+from bot.channels.wechat.reply_mode import ServiceWindow, passive_only_key
 from bot.core import jobs
 from bot.core.contracts import IncomingMessage, Job
 from bot.core.settings import Settings
 from bot.core.store import connect
-from bot.pipeline import moderation
+from bot.pipeline import ledger_lua, moderation
+from bot.pipeline.guards import REFUSED_TEXT
 from bot.pipeline.ingest import BUSY_TEXT, QueueFull, ingest
+from bot.pipeline.ledger import Ledger
 from tasks.celery_app import Producer
+from tasks.names import GPU_QUEUE
 from tests.bot.pipeline.turns import TurnCounter
 from tests.helpers import unique
 
@@ -114,11 +119,12 @@ def close_producer(producer: Producer) -> None:
 @pytest.mark.parametrize(
     ("text", "mode", "retry", "round_trips"),
     [
-        # claim + reads | job into the record + room check + publish + queued + timeline
-        ("hello", "customer_service", False, 2),
-        ("hello", "auto", False, 2),  # the passive-only flag rides in the first trip
-        ("hello", "passive", False, 2),
-        ("continue", "auto", False, 2),  # nothing waits: a question like any other
+        # claim + reads + job into the record + room check + publish + queued + timeline
+        ("hello", "customer_service", False, 1),
+        ("hello", "auto", False, 1),  # the passive-only flag is one of the script's reads
+        ("hello", "passive", False, 1),
+        # claim + reads | the job's enqueue: what the mailbox holds decides a "continue"
+        ("continue", "auto", False, 2),
         ("/help", "auto", False, 2),  # claim + reads | the reply into the record
         ("hello", "auto", True, 2),  # a retry: claim (a duplicate) | the first try's record
     ],
@@ -135,13 +141,16 @@ def test_ingest_round_trips(
 
     Before issue 14 a question cost 9 round trips here, 10 in auto mode (claim, block list,
     window, mode, record read, job, queue length, publish, queued, timeline); then 4 (claim and
-    reads | job | room check and publish | queued and timeline); now 2.
+    reads | job | room check and publish | queued and timeline); then 2 (claim and reads |
+    enqueue); now 1 for a plain question (`ledger_lua.ADMIT`).
     """
     proxy, through, client = proxied
     through = through.replace(wechat_reply_mode=mode)
     producer = Producer(through)
     request.addfinalizer(lambda: close_producer(producer))
     warm = message(unique(), "warm up")  # connections and kombu's routing table, once
+    for script in (ledger_lua.ADMIT, ledger_lua.ENQUEUE):  # as after a first question of each
+        client.script_load(script)
     ingest(warm, settings=through, client=client, enqueue=producer.generation)
     m = message(unique(), text)
     if retry:
@@ -168,3 +177,128 @@ def test_the_window_opens_with_the_first_try_only(
     ingest(m, settings=settings, client=redis_client, enqueue=lambda j: None)  # the retry
     assert window.remaining() == settings.wechat_cs_quota - 1
     assert (first.reply == moderation.BLOCKED_TEXT) is blocked
+
+
+def guard_passes() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "mimochat_guard_decisions_total", {"stage": "question", "decision": "pass"}
+        )
+        or 0.0
+    )
+
+
+@pytest.fixture
+def publishing(
+    request: pytest.FixtureRequest, proxied: tuple[TurnCounter, Settings, redis.Redis]
+) -> tuple[TurnCounter, Settings, redis.Redis]:
+    """`proxied`, warmed up: the scripts loaded and the publisher's connections open."""
+    proxy, through, client = proxied
+    producer = Producer(through)
+    request.addfinalizer(lambda: close_producer(producer))
+    for script in (ledger_lua.ADMIT, ledger_lua.ENQUEUE, ledger_lua.CLAIM):
+        client.script_load(script)
+    ingest(
+        message(unique(), "warm up"), settings=through, client=client, enqueue=producer.generation
+    )
+    return proxied
+
+
+@pytest.mark.parametrize(
+    ("stop", "round_trips"),
+    [
+        ("blocked", 2),  # admit (the block list stops the enqueue) | the reply into the record
+        ("passive_only", 2),  # admit (the flag stops it) | the passive job's enqueue
+    ],
+)
+def test_what_the_one_script_reads_can_stop_its_enqueue(
+    request: pytest.FixtureRequest,
+    publishing: tuple[TurnCounter, Settings, redis.Redis],
+    stop: str,
+    round_trips: int,
+) -> None:
+    """A plain question is claimed and enqueued in one script unless its reads say otherwise;
+    then the record waits in `received` and ingest decides as it would have in two steps."""
+    proxy, through, client = publishing
+    producer = Producer(through)
+    request.addfinalizer(lambda: close_producer(producer))
+    user = unique()
+    if stop == "blocked":
+        moderation.block(client, "wechat", user)
+    else:
+        client.set(passive_only_key(through), "1", ex=60)
+        request.addfinalizer(lambda: client.delete(passive_only_key(through)))
+    m = message(user, "hello")
+    passes = guard_passes()
+    with proxy.counting():
+        decision = ingest(m, settings=through, client=client, enqueue=producer.generation)
+    assert proxy.turns == round_trips, proxy.log
+    record = Ledger(client).get(decision.key)
+    assert record is not None
+    if stop == "blocked":
+        assert decision.reply == moderation.BLOCKED_TEXT and decision.job is None
+        assert record.state == "delivered" and "job" not in record.fields
+        assert guard_passes() == passes  # never reached the guards
+    else:
+        assert decision.job is not None and decision.job.reply_mode == "passive"
+        assert record.state == "queued" and record.fields["reply_mode"] == "passive"
+        assert guard_passes() == passes + 1
+
+
+def test_a_full_queue_through_the_one_script_answers_busy_and_forgets(
+    request: pytest.FixtureRequest, publishing: tuple[TurnCounter, Settings, redis.Redis]
+) -> None:
+    """Claimed, not enqueued: busy now, the record dropped so that a retry may go through."""
+    _proxy, through, client = publishing
+    placeholder = unique("not a job ")
+    client.lpush(GPU_QUEUE, placeholder)
+    request.addfinalizer(lambda: client.lrem(GPU_QUEUE, 0, placeholder))
+    full = Producer(through.replace(max_queue=int(client.llen(GPU_QUEUE))))
+    request.addfinalizer(lambda: close_producer(full))
+    m = message(unique(), "hello")
+    busy = ingest(m, settings=through, client=client, enqueue=full.generation)
+    assert (busy.busy, busy.reply, busy.job) == (True, BUSY_TEXT, None)
+    assert Ledger(client).get(busy.key) is None
+    roomy = Producer(through)
+    request.addfinalizer(lambda: close_producer(roomy))
+    again = ingest(m, settings=through, client=client, enqueue=roomy.generation)
+    assert (again.busy, again.duplicate, again.job is not None) == (False, False, True)
+
+
+@pytest.mark.parametrize(
+    ("changes", "text", "reply"),
+    [
+        ({"rate_limit_user": "1/minute"}, "hello", None),  # a limit to count: two steps
+        ({"rate_limit_user": "1/minute", "rate_limit_exempt": "{user}"}, "hello", None),
+        ({"safety_lists": "refuse:{lists}"}, "tell me about forbidden things", REFUSED_TEXT),
+    ],
+)
+def test_guards_decide_once_whichever_path_a_question_takes(
+    request: pytest.FixtureRequest,
+    publishing: tuple[TurnCounter, Settings, redis.Redis],
+    tmp_path: Path,
+    changes: dict[str, str],
+    text: str,
+    reply: str | None,
+) -> None:
+    """The first try is counted by the guards once, its retries never; a second question of a
+    rate-limited user is refused."""
+    proxy, through, client = publishing
+    user = unique()
+    listed = tmp_path / "refuse.txt"
+    listed.write_text("forbidden\n")
+    through = through.replace(**{k: v.format(user=user, lists=listed) for k, v in changes.items()})
+    producer = Producer(through)
+    request.addfinalizer(lambda: close_producer(producer))
+    passes = guard_passes()
+    m = message(user, text)
+    first = ingest(m, settings=through, client=client, enqueue=producer.generation)
+    retry = ingest(m, settings=through, client=client, enqueue=producer.generation)
+    assert first.reply == reply and (first.job is not None) is (reply is None)
+    assert retry.duplicate and retry.reply == reply
+    assert guard_passes() == passes + (reply is None)
+    second = ingest(
+        message(user, "again"), settings=through, client=client, enqueue=producer.generation
+    )
+    limited = "rate_limit_exempt" not in changes and reply is None
+    assert (second.reply or "").startswith("You have asked a lot") is limited

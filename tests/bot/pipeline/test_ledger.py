@@ -10,7 +10,7 @@ import redis
 from bot.core import jobs
 from bot.core.contracts import Envelope
 from bot.core.store import WriteOnce, WriteOnceConflict, connect
-from bot.pipeline.ledger import Ledger, Moved, Stamp
+from bot.pipeline.ledger import Gate, Ledger, Moved, Stamp
 from tests.bot.pipeline.turns import TurnCounter
 from tests.helpers import make_job, unique, with_db
 
@@ -202,3 +202,94 @@ def test_a_write_once_conflict_claims_nothing(redis_client: redis.Redis) -> None
     assert refused.value.index == 1
     assert ledger.get(forged) is None
     assert redis_client.ttl(seal.key) > 0
+
+
+@pytest.mark.parametrize(
+    ("blocked", "flag", "stops", "limit", "waiting", "queued", "full"),
+    [
+        (False, False, False, 0, 0, True, False),  # a plain question: claimed and queued
+        (False, True, False, 0, 0, True, False),  # a flag nobody asked about stops nothing
+        (True, False, False, 0, 0, False, False),  # blocked: the record waits in received
+        (False, True, True, 0, 0, False, False),  # the flag set and asked about: the same
+        (False, False, False, 2, 2, False, True),  # full: claimed, nothing queued
+    ],
+)
+def test_admit_claims_reads_and_enqueues_in_one_step(
+    redis_client: redis.Redis,
+    blocked: bool,
+    flag: bool,
+    stops: bool,
+    limit: int,
+    waiting: int,
+    queued: bool,
+    full: bool,
+) -> None:
+    """A plain question's claim and enqueue in one script, the gate's reads between them."""
+    ledger, job, queue = Ledger(redis_client), make_job(unique()), unique("queue:")
+    gate = Gate(unique("blocked:"), job.user, unique("flag:"), unique("box:"))
+    if blocked:
+        redis_client.sadd(gate.blocked, job.user)
+    if flag:
+        redis_client.set(str(gate.stop_flag), "1")
+    redis_client.rpush(gate.count, "part 1", "part 2")
+    for _ in range(waiting):
+        redis_client.lpush(queue, "earlier")
+    stamp = Stamp(unique("window:"), 60, {"opened_at": "1"})
+    timeline = jobs.stamp(job.job_id, "received", text=job.text)
+    got = ledger.admit(
+        job,
+        Envelope(queue, "the message", limit),
+        timeline,
+        gate if stops else Gate(gate.blocked, gate.member, None, gate.count),
+        stamps=[stamp],
+        user=job.user,
+    )
+    assert (got.created, got.tries, got.blocked, got.count) == (True, 1, blocked, 2)
+    assert got.flagged is (flag and stops)
+    assert redis_client.hget(stamp.key, "opened_at") == "1"  # the window opens all the same
+    record = ledger.get(job.key)
+    assert record is not None and record.fields["user"] == job.user
+    assert redis_client.llen(queue) == waiting + queued
+    if blocked or (flag and stops):
+        assert got.enqueued is None and record.state == "received"
+        assert job.key in ledger.in_state("received")
+        return
+    assert got.enqueued is not None
+    assert (got.enqueued.queued, got.enqueued.full) == (queued, full)
+    if queued:
+        assert record.state == "queued" and record.job == job
+        assert redis_client.lindex(queue, 0) == "the message"
+        assert job.key in ledger.in_state("queued") and job.key not in ledger.in_state("received")
+        assert jobs.get(redis_client, job.job_id)["text"] == job.text
+    else:
+        assert record.state == "received" and "job" not in record.fields
+
+
+def test_admit_of_a_known_message_is_a_retry_and_enqueues_nothing(
+    redis_client: redis.Redis,
+) -> None:
+    """The second try of a message counts a try and touches neither the record nor the queue;
+    a signature bound to another body claims nothing."""
+    ledger, job, queue = Ledger(redis_client), make_job(unique()), unique("queue:")
+    gate = Gate(unique("blocked:"), job.user, None, unique("box:"))
+    envelope, timeline = Envelope(queue, "the message", 0), jobs.stamp(job.job_id, "received")
+    seal = WriteOnce(unique("signed:"), "digest of body 1", 60)
+    first = ledger.admit(job, envelope, timeline, gate, once=[seal])
+    assert first.enqueued is not None and first.enqueued.queued
+    again = ledger.admit(job, envelope, timeline, gate, once=[seal])
+    assert (again.created, again.tries, again.enqueued) == (False, 2, None)
+    assert redis_client.llen(queue) == 1
+    other = make_job(unique())
+    with pytest.raises(WriteOnceConflict):
+        ledger.admit(other, envelope, timeline, gate, once=[WriteOnce(seal.key, "body 2", 60)])
+    assert ledger.get(other.key) is None and redis_client.llen(queue) == 1
+
+
+def test_admit_after_redis_forgot_its_scripts_runs_once(redis_client: redis.Redis) -> None:
+    """Run by its SHA like the enqueue script: NOSCRIPT means nothing ran; loaded, run once."""
+    ledger, job, queue = Ledger(redis_client), make_job(unique()), unique("queue:")
+    redis_client.script_flush()
+    gate = Gate(unique("blocked:"), job.user, None, unique("box:"))
+    got = ledger.admit(job, Envelope(queue, "m", 0), jobs.stamp(job.job_id, "received"), gate)
+    assert got.enqueued is not None and got.enqueued.queued
+    assert redis_client.lrange(queue, 0, -1) == ["m"]
