@@ -9,7 +9,8 @@ and threads), on 127.0.0.1 only, with one embedded Redis the bench starts and st
 - minimal: the least a correct webhook does — wechatpy verifies the signature and decrypts,
   Redis `SET NX` deduplicates, one Celery publish, `success`;
 - mimochat: `webhooks.wsgi:app` under webhooks/gunicorn.conf.py (what the containers and
-  `mimochat up` run), customer-service mode, no worker (jobs wait in the queue).
+  `mimochat up` run), the shipped reply mode (`auto`, the account not passive-only: answers
+  go by customer service, nothing is held), no worker (jobs wait in the queue).
 
 Each request is a new message, signed and AES-encrypted as WeChat does (generated before each
 round, so encryption is not the load generator's work during it). The load generator is wrk
@@ -436,7 +437,7 @@ def main() -> int:
         "WECHAT_APP_SECRET": "bench-secret-0123456789abcdef0123",
         "WECHAT_AES_KEY": AES_KEY,
         "WECHAT_ENCRYPT_MODE": "safe",
-        "WECHAT_REPLY_MODE": "customer_service",  # nothing held: no worker answers here
+        "WECHAT_REPLY_MODE": "auto",  # the default; not passive-only, so nothing is held
         "MIMOCHAT_MAX_QUEUE": "0",  # no worker drains the queue: never "busy"
         "MIMOCHAT_SANDBOX": "0",
         "ADMIN_TOKEN": "",
