@@ -17,11 +17,15 @@ import hashlib
 # step. Answers {1, 1} for a new record, {0, tries} for another try of a known one. JSON, not
 # one argument per field: redis-py encodes every argument on its own, and a claim's dozen fields
 # cost more to pack than to send.
-_CLAIM_FN = """
-local function claim(K, A)
-  local stamps = cjson.decode(A[6])
+#
+# The functions below are the parts of the claim and the enqueue; each script is made of them
+# (admit joins a claim and an enqueue without writing the record twice).
+_CLAIM_FNS = """
+-- The write-once keys, then whether the record exists: {-1, i} (conflict), {0, tries} (a
+-- known message, its try counted) or nil (a new one).
+local function check(K, A, n_stamps)
   for i, once in ipairs(cjson.decode(A[8])) do
-    local name = K[3 + #stamps + i]
+    local name = K[3 + n_stamps + i]
     if not redis.call('SET', name, once[1], 'NX', 'EX', once[2]) then
       if redis.call('GET', name) ~= once[1] then return {-1, i} end
     end
@@ -30,12 +34,18 @@ local function claim(K, A)
   if redis.call('HEXISTS', K[1], 'tries') == 1 then
     return {0, redis.call('HINCRBY', K[1], 'tries', 1)}
   end
-  local id, now, ttl, deadline, keep = A[1], A[2], tonumber(A[3]), A[4], A[5]
-  local row = {'tries', 1, 'state', 'received', 'created_at', now, 'updated_at', now,
+  return nil
+end
+
+-- A new record in `state` (with `deadline`, and `more` fields), its stamps and its indexes.
+local function create(K, A, stamps, state, deadline, more)
+  local id, now, ttl, keep = A[1], A[2], tonumber(A[3]), tonumber(A[5])
+  local row = {'tries', 1, 'state', state, 'created_at', now, 'updated_at', now,
     'deadline', deadline, 'attempts', 0}
   for name, value in pairs(cjson.decode(A[7])) do
     row[#row + 1] = name; row[#row + 1] = value
   end
+  for _, value in ipairs(more) do row[#row + 1] = value end
   redis.call('HSET', K[1], unpack(row))
   for s, stamp in ipairs(stamps) do
     local fields = {}
@@ -47,10 +57,15 @@ local function claim(K, A)
   end
   redis.call('EXPIRE', K[1], ttl)
   redis.call('ZADD', K[2], deadline, id)
-  redis.call('ZADD', K[3] .. 'received', now, id)
-  if tonumber(keep) > 0 then
-    redis.call('ZREMRANGEBYRANK', K[3] .. 'received', 0, -tonumber(keep) - 1)
-  end
+  redis.call('ZADD', K[3] .. state, now, id)
+  if keep > 0 then redis.call('ZREMRANGEBYRANK', K[3] .. state, 0, -keep - 1) end
+end
+
+local function claim(K, A)
+  local stamps = cjson.decode(A[6])
+  local known = check(K, A, #stamps)
+  if known then return known end
+  create(K, A, stamps, 'received', A[4], {})
   return {1, 1}
 end
 """
@@ -63,23 +78,17 @@ end
 # happen together or not at all, so no retry or sweeper ever finds a half-done enqueue.
 # Answers {1, state before, waiting} when queued, {2, state, waiting} when the queue was full
 # (nothing written), {0, state, 0} when the record was not in `received` (nothing written).
-_ENQUEUE_FN = """
-local function enqueue(K, A)
-  local cur = redis.call('HGET', K[1], 'state')
-  if cur ~= 'received' then return {0, cur or '', 0} end
-  local limit, waiting = tonumber(A[7]), 0
-  if limit > 0 then
-    waiting = redis.call('LLEN', K[4])
-    if waiting >= limit then return {2, cur, waiting} end
-  end
-  local id, now, deadline, keep = A[1], A[2], A[3], tonumber(A[4])
-  -- No EXPIRE: the claim gave the record its lifetime a moment ago.
-  redis.call('HSET', K[1], 'state', 'queued', 'updated_at', now, 'deadline', deadline,
-    'job', A[5], 'reply_mode', A[6])
-  redis.call('ZADD', K[2], deadline, id)
-  redis.call('ZREM', K[3] .. 'received', id)
-  redis.call('ZADD', K[3] .. 'queued', now, id)
-  if keep > 0 then redis.call('ZREMRANGEBYRANK', K[3] .. 'queued', 0, -keep - 1) end
+_ENQUEUE_FNS = """
+-- How many wait on the queue, and whether that is the most that may (limit 0: no limit).
+local function room(K, A)
+  local limit = tonumber(A[7])
+  if limit <= 0 then return 0, false end
+  local waiting = redis.call('LLEN', K[4])
+  return waiting, waiting >= limit
+end
+
+-- The broker's message onto its queue and the job's timeline for the console.
+local function push(K, A)
   redis.call('LPUSH', K[4], A[8])
   local row = {}
   for name, value in pairs(cjson.decode(A[12])) do
@@ -89,39 +98,63 @@ local function enqueue(K, A)
   redis.call('EXPIRE', K[5], tonumber(A[9]))
   redis.call('LPUSH', K[6], A[11])
   if tonumber(A[10]) > 0 then redis.call('LTRIM', K[6], 0, tonumber(A[10]) - 1) end
+end
+
+local function enqueue(K, A)
+  local cur = redis.call('HGET', K[1], 'state')
+  if cur ~= 'received' then return {0, cur or '', 0} end
+  local waiting, full = room(K, A)
+  if full then return {2, cur, waiting} end
+  local id, now, deadline, keep = A[1], A[2], A[3], tonumber(A[4])
+  -- No EXPIRE: the claim gave the record its lifetime a moment ago.
+  redis.call('HSET', K[1], 'state', 'queued', 'updated_at', now, 'deadline', deadline,
+    'job', A[5], 'reply_mode', A[6])
+  redis.call('ZADD', K[2], deadline, id)
+  redis.call('ZREM', K[3] .. 'received', id)
+  redis.call('ZADD', K[3] .. 'queued', now, id)
+  if keep > 0 then redis.call('ZREMRANGEBYRANK', K[3] .. 'queued', 0, -keep - 1) end
+  push(K, A)
   return {1, cur, waiting}
 end
 """
 
-CLAIM = _CLAIM_FN + "return claim(KEYS, ARGV)\n"
-ENQUEUE = _ENQUEUE_FN + "return enqueue(KEYS, ARGV)\n"
+CLAIM = _CLAIM_FNS + "return claim(KEYS, ARGV)\n"
+ENQUEUE = _ENQUEUE_FNS + "return enqueue(KEYS, ARGV)\n"
 
-# A plain question in one step: claim, the reads deciding needs, and (only when they let it
-# through) enqueue. KEYS: the claim's (ARGV[1] of them), the block list (a set), the
-# passive-only flag, the user's mailbox (a list), then the enqueue's queue, timeline and recent
-# list. ARGV: the claim's key count, the sender, whether the flag stops it (1/0), the claim's
-# 8 arguments, the enqueue's 12.
+# A plain question in one step: the claim, the reads deciding needs and, only when they let it
+# through and the queue has room, the record made `queued` at once with its job and the push
+# (the same record, indexes and timeline as a claim followed by an enqueue, written once).
+# KEYS: the claim's (ARGV[1] of them), the block list (a set), the passive-only flag, the user's
+# mailbox (a list), then the enqueue's queue, timeline and recent list. ARGV: the claim's key
+# count, the sender, whether the flag stops it (1/0), the claim's 8 arguments, the enqueue's 12.
 # Answers the claim's answer when it made no record ({-1, i} or {0, tries}); else {1, 1,
-# outcome, queue waiting, blocked, flag set, mailbox size}, outcome as enqueue's first value,
-# or 3: the reads stopped it, the record left in `received` for the caller to decide.
+# outcome, queue waiting, blocked, flag set, mailbox size}, outcome 1 queued, 2 the queue was
+# full or 3 the reads stopped it (for 2 and 3 the record is left in `received`, as a claim).
 ADMIT = (
-    _CLAIM_FN
-    + _ENQUEUE_FN
+    _CLAIM_FNS
+    + _ENQUEUE_FNS
     + """
 local nk = tonumber(ARGV[1])
-local ck, ca, ea = {}, {}, {}
-for i = 1, nk do ck[i] = KEYS[i] end
+local ca, ea = {}, {}
 for i = 4, 11 do ca[#ca + 1] = ARGV[i] end
 for i = 12, #ARGV do ea[#ea + 1] = ARGV[i] end
-local made = claim(ck, ca)
-if made[1] ~= 1 then return made end
+local stamps = cjson.decode(ca[6])
+local known = check(KEYS, ca, #stamps)
+if known then return known end
 local blocked = redis.call('SISMEMBER', KEYS[nk + 1], ARGV[2])
 local flag = 0
 if ARGV[3] == '1' then flag = redis.call('EXISTS', KEYS[nk + 2]) end
 local box = redis.call('LLEN', KEYS[nk + 3])
-if blocked == 1 or flag == 1 then return {1, 1, 3, 0, blocked, flag, box} end
-local done = enqueue({KEYS[1], KEYS[2], KEYS[3], KEYS[nk + 4], KEYS[nk + 5], KEYS[nk + 6]}, ea)
-return {1, 1, done[1], done[3], 0, 0, box}
+local ek = {KEYS[1], KEYS[2], KEYS[3], KEYS[nk + 4], KEYS[nk + 5], KEYS[nk + 6]}
+local waiting, full = 0, false
+if blocked == 0 and flag == 0 then waiting, full = room(ek, ea) end
+if blocked == 1 or flag == 1 or full then
+  create(KEYS, ca, stamps, 'received', ca[4], {})
+  return {1, 1, (full and 2) or 3, waiting, blocked, flag, box}
+end
+create(KEYS, ca, stamps, 'queued', ea[3], {'job', ea[5], 'reply_mode', ea[6]})
+push(ek, ea)
+return {1, 1, 1, waiting, 0, 0, box}
 """
 )
 
