@@ -36,8 +36,8 @@ Enqueue = Callable[[Job], None]
 class Publisher(Protocol):
     """An enqueue function that can also build its broker message without sending it.
 
-    Ingest then pushes that message inside the ledger's enqueue script: one round trip, and
-    no moment where the job is in the queue but its record does not say so.
+    Ingest then pushes that message inside the ledger's admit or enqueue script: no moment
+    where the job is in the queue but its record does not say so.
     """
 
     def __call__(self, job: Job) -> None:
