@@ -15,11 +15,14 @@ from redis.driver_info import DriverInfo
 from bot.core import redis_sockets
 from bot.core.redis_sockets import KernelTimedConnection, KernelTimedUnixConnection
 from bot.core.store import SOCKET_TIMEOUT, connect
+from tests.helpers import unique
 
 
 @pytest.fixture
 def silent_server() -> Iterator[str]:
-    """A TCP server that accepts connections and never reads or answers (a stuck Redis)."""
+    """A TCP server that accepts connections and never reads or answers. A socket plays it: a
+    real Redis reads whatever arrives into its buffer even while paused, so no real one can
+    leave a write hanging."""
     listener = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
 
@@ -83,14 +86,22 @@ def test_the_socket_is_blocking_with_the_bound_in_the_kernel(redis_client: redis
         redis_client.connection_pool.release(conn)
 
 
-def test_a_redis_that_never_answers_is_a_timeout_within_the_bound(silent_server: str) -> None:
-    """What the webhook turns into a 503 well within WeChat's 5 s (not a hang, not a retry)."""
-    client = connect(silent_server)
-    started = time.monotonic()
-    with pytest.raises(redis.TimeoutError):
-        client.get("anything")
-    assert time.monotonic() - started < 2 * SOCKET_TIMEOUT
-    client.close()
+def test_a_redis_that_never_answers_is_a_timeout_within_the_bound(redis_url: str) -> None:
+    """A real Redis holding a command (CLIENT PAUSE, writes only, so that the test can lift it):
+    a TimeoutError at the bound, which the webhook turns into a 503 well within WeChat's 5 s
+    (not a hang, not a retry)."""
+    admin, client = connect(redis_url), connect(redis_url)
+    client.ping()  # connected before the pause
+    admin.client_pause(int(SOCKET_TIMEOUT * 3000), all=False)
+    try:
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            client.set(unique("held:"), "never written in time", ex=60)
+        assert time.monotonic() - started < 2 * SOCKET_TIMEOUT
+    finally:
+        admin.client_unpause()
+        admin.close()
+        client.close()
 
 
 def test_a_write_redis_never_reads_is_a_timeout(silent_server: str) -> None:
