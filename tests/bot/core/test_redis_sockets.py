@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -86,22 +87,30 @@ def test_the_socket_is_blocking_with_the_bound_in_the_kernel(redis_client: redis
         redis_client.connection_pool.release(conn)
 
 
-def test_a_redis_that_never_answers_is_a_timeout_within_the_bound(redis_url: str) -> None:
-    """A real Redis holding a command (CLIENT PAUSE, writes only, so that the test can lift it):
-    a TimeoutError at the bound, which the webhook turns into a 503 well within WeChat's 5 s
-    (not a hang, not a retry)."""
-    admin, client = connect(redis_url), connect(redis_url)
-    client.ping()  # connected before the pause
+@contextlib.contextmanager
+def writes_held(url: str) -> Iterator[None]:
+    """A real Redis holding every write (CLIENT PAUSE WRITE: reads pass, so the test can lift it
+    with CLIENT UNPAUSE) for up to three times the bound."""
+    admin = connect(url)
     admin.client_pause(int(SOCKET_TIMEOUT * 3000), all=False)
     try:
+        yield
+    finally:
+        admin.client_unpause()
+        admin.close()
+
+
+def test_a_redis_that_never_answers_is_a_timeout_within_the_bound(redis_url: str) -> None:
+    """A TimeoutError at the bound, which the webhook turns into a 503 well within WeChat's 5 s
+    (not a hang, not a retry)."""
+    client = connect(redis_url)
+    client.ping()  # connected before the pause
+    with writes_held(redis_url):
         started = time.monotonic()
         with pytest.raises(redis.TimeoutError):
             client.set(unique("held:"), "never written in time", ex=60)
         assert time.monotonic() - started < 2 * SOCKET_TIMEOUT
-    finally:
-        admin.client_unpause()
-        admin.close()
-        client.close()
+    client.close()
 
 
 def test_a_write_redis_never_reads_is_a_timeout(silent_server: str) -> None:
@@ -114,15 +123,16 @@ def test_a_write_redis_never_reads_is_a_timeout(silent_server: str) -> None:
 
 
 def test_without_kernel_timeouts_python_keeps_the_bound(
-    monkeypatch: pytest.MonkeyPatch, silent_server: str
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
     """Where the OS refuses the socket options, the connection falls back to Python's timeout
-    mode with the same bound (patched: Linux always accepts them)."""
+    mode with the same bound. Only the refusal is patched (Linux always accepts the options);
+    the Redis that holds the write is a real one."""
     monkeypatch.setattr(redis_sockets, "_kernel_timeouts", lambda sock, seconds: False)
-    client = timed_client(silent_server, 0.3)
+    client = timed_client(redis_url, 0.3)
     conn = client.connection_pool.get_connection()
     assert conn._sock is not None and conn._sock.gettimeout() == 0.3
     client.connection_pool.release(conn)
-    with pytest.raises(redis.TimeoutError):
-        client.get("anything")
+    with writes_held(redis_url), pytest.raises(redis.TimeoutError):
+        client.set(unique("held:"), "never written in time", ex=60)
     client.close()
