@@ -22,12 +22,18 @@ MORE_HINT = "（还有 {n} 条，回复“继续”查看 / {n} more: reply “m
 SEPARATOR = "\n\n————\n\n"
 CONTINUE_WORDS = frozenset({"继续", "more", "next", "continue", "c", "1", "/more"})
 
-# Pop up to ARGV[1] items from the head of the list, atomically.
-_TAKE = """
-local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #items > 0 then redis.call('LTRIM', KEYS[1], #items, -1) end
-return items
+# The job's mark and its pieces in one step: the passive reply takes the mailbox the moment the
+# mark appears, and a worker dying between the two must not leave a mark with nothing behind it
+# (a retried delivery would see the mark and put nothing).
+_PUT = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, 2))
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
 """
+TAKE_WINDOW = 20  # pieces read per take: more never fit into one reply
 
 
 def is_continue(text: str) -> bool:
@@ -67,18 +73,7 @@ class Mailbox:
         if not pieces:
             return
         marker = key("pending-job", pieces[0].job_id)
-        if not self.redis.set(marker, "1", nx=True, ex=self.ttl):
-            return
-        with self.redis.pipeline() as pipe:
-            pipe.rpush(self.key, *(p.to_json() for p in pieces))
-            pipe.expire(self.key, self.ttl)
-            pipe.execute()
-
-    def push_front(self, pieces: list[Piece]) -> None:
-        """Give back pieces taken but not sent, ahead of everything else."""
-        if pieces:
-            self.redis.lpush(self.key, *(p.to_json() for p in reversed(pieces)))
-            self.redis.expire(self.key, self.ttl)
+        self.redis.eval(_PUT, 2, self.key, marker, self.ttl, *(p.to_json() for p in pieces))
 
     def has_job(self, job_id: str) -> bool:
         """True once a job's answer has been queued here (it may already be taken)."""
@@ -89,13 +84,29 @@ class Mailbox:
         return int(self.redis.llen(self.key))
 
     def take(self, limit_bytes: int) -> tuple[str, int]:
-        """The text of one reply made of the next waiting pieces, and how many remain after it."""
-        raw = self.redis.eval(_TAKE, 1, self.key, 20)
-        pieces = [Piece.from_json(r) for r in raw]
-        text, used = compose(pieces, limit_bytes)
-        self.push_front(pieces[used:])
-        remaining = self.size()
-        if remaining and text:
+        """The text of one reply made of the next waiting pieces, and how many remain after it.
+
+        Optimistic (WATCH): only the pieces that fit are removed, in the same step that checks
+        nobody else took them meanwhile, so a process dying mid-take loses nothing and two
+        concurrent takes never hand out one piece twice or out of order.
+        """
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self.key)
+                    raw: list[str] = pipe.lrange(self.key, 0, TAKE_WINDOW - 1)
+                    text, used = compose([Piece.from_json(r) for r in raw], limit_bytes)
+                    if not used:
+                        pipe.unwatch()
+                        return "", 0
+                    pipe.multi()
+                    pipe.ltrim(self.key, used, -1)
+                    pipe.llen(self.key)
+                    remaining = int(pipe.execute()[-1])
+                    break
+                except redis.WatchError:
+                    continue  # another take (or a put) came first: read again
+        if remaining:
             text = _with_hint(text, remaining, limit_bytes)
         return text, remaining
 

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from bot.channels.wechat.mailbox import PART_LIMIT, Mailbox, Piece, compose, is_continue
+from bot.core.store import key
 from bot.text.split import utf8_len
 from tests.helpers import unique
 
@@ -79,3 +80,38 @@ def test_concurrent_takes_never_hand_out_a_piece_twice(redis_client: redis.Redis
     for t in threads:
         t.join()
     assert len(got) == 40
+
+
+def test_a_job_is_never_seen_before_its_pieces(redis_client: redis.Redis) -> None:
+    """The passive reply takes the mailbox as soon as `has_job` says the answer is there.
+
+    A watcher reads the job's mark and the mailbox's length in one MULTI (one instant) while
+    jobs are put; counted: instants where the mark exists and the pieces do not (must be 0).
+    """
+    b = box(redis_client)
+    jobs = [unique("job") for _ in range(150)]
+    marks = [key("pending-job", job) for job in jobs]
+    done = threading.Event()
+    early: list[str] = []
+
+    def watcher() -> None:
+        seen = 0
+        while not done.is_set() and seen < len(jobs):
+            with redis_client.pipeline(transaction=True) as pipe:
+                pipe.exists(*marks)
+                pipe.llen(b.key)
+                marked, length = pipe.execute()
+            if marked > length:
+                early.append(f"{marked} marked, {length} pieces")
+            seen = marked
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    try:
+        for job in jobs:
+            b.put([Piece(job, "answer")])
+    finally:
+        done.set()
+        thread.join()
+    assert early == []
+    assert b.size() == len(jobs)
