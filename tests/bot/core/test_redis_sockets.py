@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import struct
-import threading
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -15,31 +18,25 @@ from redis.driver_info import DriverInfo
 
 from bot.core import redis_sockets
 from bot.core.redis_sockets import KernelTimedConnection, KernelTimedUnixConnection
-from bot.core.store import SOCKET_TIMEOUT, connect
+from bot.core.store import SOCKET_TIMEOUT, connect, embedded_argv, embedded_url, wait_until_answers
 from tests.helpers import unique
 
 
 @pytest.fixture
-def silent_server() -> Iterator[str]:
-    """A TCP server that accepts connections and never reads or answers. A socket plays it: a
-    real Redis reads whatever arrives into its buffer even while paused, so no real one can
-    leave a write hanging."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            held.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
-    listener.close()
-    for conn in held:
-        conn.close()
+def stopped_redis(tmp_path: Path) -> Iterator[str]:
+    """A private real Redis, connected to and then stopped (SIGSTOP): it reads nothing more,
+    so a large write fills the socket buffers and hangs. (CLIENT PAUSE cannot do this: a
+    paused Redis still reads what arrives.)"""
+    proc = subprocess.Popen(embedded_argv(tmp_path), stdout=subprocess.DEVNULL)
+    url = embedded_url(tmp_path)
+    try:
+        assert wait_until_answers(url, proc, 10)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait()
 
 
 def timed_client(url: str, seconds: float) -> redis.Redis:
@@ -113,12 +110,16 @@ def test_a_redis_that_never_answers_is_a_timeout_within_the_bound(redis_url: str
     client.close()
 
 
-def test_a_write_redis_never_reads_is_a_timeout(silent_server: str) -> None:
-    """A command bigger than the socket buffers, to a server that reads nothing: the kernel
-    ends the write, and it is a TimeoutError like a stuck read."""
-    client = timed_client(silent_server, 0.3)
+def test_a_write_redis_never_reads_is_a_timeout(stopped_redis: str) -> None:
+    """A command bigger than the socket buffers, to a Redis that reads nothing (stopped): the
+    kernel ends the write, and it is a TimeoutError like a stuck read."""
+    client = timed_client(stopped_redis, 0.3)
+    client.ping()  # connected while it still runs
+    server_pid = int(client.info("server")["process_id"])
+    os.kill(server_pid, signal.SIGSTOP)
     with pytest.raises(redis.TimeoutError, match="writing"):
         client.set("big", b"x" * (64 << 20))
+    os.kill(server_pid, signal.SIGCONT)
     client.close()
 
 
